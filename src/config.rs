@@ -1,0 +1,830 @@
+//! The member config file: TOML, `UNDERSTUDY_*` environment overrides, and the
+//! one validation pass that turns it into a typed [`Config`].
+//!
+//! Owns: file parsing, overrides, defaults, every cross-key check.
+//! Must never: be read again after start-up by other modules in raw form (they
+//! get the typed struct), or print the status token.
+
+use crate::model::MemberId;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config problem: which file, which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("config {file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// Where a member keeps its database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection string, passed to tokio-postgres as is.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Parse a `sqlite://` or `postgres://` URL; relative SQLite paths are
+    /// taken relative to `base`.
+    pub fn parse(url: &str, base: &Path) -> Result<DatabaseUrl, String> {
+        if let Some(rest) = url.strip_prefix("sqlite://") {
+            if rest.is_empty() {
+                return Err("sqlite:// URL has no file path".into());
+            }
+            let p = Path::new(rest);
+            Ok(DatabaseUrl::Sqlite(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_string()))
+        } else {
+            Err(format!(
+                "unsupported database URL {:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DB",
+                redact_url(url)
+            ))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "sqlite",
+            DatabaseUrl::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            DatabaseUrl::Postgres(u) => f.write_str(&redact_url(u)),
+        }
+    }
+}
+
+/// Hide a password in a connection URL (`postgres://u:secret@h` → `postgres://u:***@h`).
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _pw)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+/// A configured peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub member: MemberId,
+    /// Its replication address.
+    pub address: String,
+    /// Its status address.
+    pub status: String,
+    pub witness: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    pub listen: SocketAddr,
+    pub heartbeat_interval: Duration,
+    pub lease_timeout: Duration,
+    pub failover_timeout: Duration,
+    /// A passive further behind than this (in changes) is not eligible for
+    /// automatic promotion.
+    pub max_failover_lag_changes: u64,
+    /// Upper bounds of one shipped batch.
+    pub batch_max_changes: usize,
+    pub batch_max_bytes: usize,
+    /// How long the shipper may wait to fill a batch.
+    pub batch_max_delay: Duration,
+    /// Retention floor of the change log: always keep at least this many
+    /// changes, and every change younger than `retain_min_age`.
+    pub retain_min_changes: u64,
+    pub retain_min_age: Duration,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusConfig {
+    pub listen: SocketAddr,
+    /// Bearer token for the POST endpoints. Never printed.
+    pub token: String,
+}
+
+impl fmt::Debug for StatusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusConfig")
+            .field("listen", &self.listen)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Hooks {
+    pub on_promote: Option<String>,
+    pub on_demote: Option<String>,
+    pub on_fence: Option<String>,
+    pub timeout: Duration,
+}
+
+/// The validated config of one member.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: PathBuf,
+    pub cluster: String,
+    pub member: MemberId,
+    pub initial_active: MemberId,
+    pub auto_failover: bool,
+    pub witness: bool,
+    /// Never promote this member automatically.
+    pub no_failover: bool,
+    /// Tie-breaker between equally up-to-date candidates (higher first).
+    pub priority: i64,
+    /// `None` only on a witness.
+    pub database: Option<DatabaseUrl>,
+    pub replication: Replication,
+    pub status: StatusConfig,
+    pub tls: TlsPaths,
+    pub peers: Vec<Peer>,
+    pub hooks: Hooks,
+}
+
+impl Config {
+    /// Every voter of the cluster (members and witnesses), this one included.
+    pub fn voters(&self) -> Vec<MemberId> {
+        let mut v: Vec<MemberId> = self.peers.iter().map(|p| p.member.clone()).collect();
+        v.push(self.member.clone());
+        v.sort();
+        v
+    }
+
+    /// Members that hold a database (not witnesses), this one included unless
+    /// it is a witness.
+    pub fn data_members(&self) -> Vec<MemberId> {
+        let mut v: Vec<MemberId> = self
+            .peers
+            .iter()
+            .filter(|p| !p.witness)
+            .map(|p| p.member.clone())
+            .collect();
+        if !self.witness {
+            v.push(self.member.clone());
+        }
+        v.sort();
+        v
+    }
+
+    pub fn peer(&self, m: &MemberId) -> Option<&Peer> {
+        self.peers.iter().find(|p| &p.member == m)
+    }
+
+    /// Majority of all voters.
+    pub fn quorum(&self) -> usize {
+        self.voters().len() / 2 + 1
+    }
+
+    /// Load, override from the process environment, and validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            key: "-".into(),
+            reason: format!("cannot read the file: {e}"),
+        })?;
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("UNDERSTUDY_"))
+            .collect();
+        Config::parse(&text, path, &env)
+    }
+
+    /// Parse `text` as if read from `path`, with `env` as the `UNDERSTUDY_*`
+    /// overrides.
+    pub fn parse(text: &str, path: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.clone(),
+            key: key.to_string(),
+            reason,
+        };
+        let mut value: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("-", one_line(&e.to_string())))?;
+        apply_env(&mut value, env).map_err(|(k, r)| err(&k, r))?;
+        let raw: RawConfig = RawConfig::deserialize(toml::Value::Table(value))
+            .map_err(|e| err(&error_key(&e), one_line(e.message())))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        validate(raw, path, &base).map_err(|(k, r)| err(&k, r))
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn error_key(e: &toml::de::Error) -> String {
+    // toml names unknown or missing fields in its message; the key path is
+    // not exposed separately, so fall back to "-" and keep the message whole.
+    let m = e.message();
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = m.split(marker).nth(1)
+            && let Some(name) = rest.split('`').next()
+        {
+            return name.to_string();
+        }
+    }
+    "-".into()
+}
+
+/// The keys an environment variable may override: `UNDERSTUDY_` + section +
+/// `_` + key, upper-cased (`UNDERSTUDY_DATABASE_URL`, `UNDERSTUDY_MEMBER`).
+const OVERRIDABLE: &[(&str, &str, Kind)] = &[
+    ("", "cluster", Kind::Str),
+    ("", "member", Kind::Str),
+    ("", "initial_active", Kind::Str),
+    ("", "auto_failover", Kind::Bool),
+    ("", "witness", Kind::Bool),
+    ("", "no_failover", Kind::Bool),
+    ("", "priority", Kind::Int),
+    ("database", "url", Kind::Str),
+    ("replication", "listen", Kind::Str),
+    ("replication", "heartbeat_interval_ms", Kind::Int),
+    ("replication", "lease_timeout_ms", Kind::Int),
+    ("replication", "failover_timeout_ms", Kind::Int),
+    ("replication", "max_failover_lag_changes", Kind::Int),
+    ("replication", "batch_max_changes", Kind::Int),
+    ("replication", "batch_max_bytes", Kind::Int),
+    ("replication", "batch_max_delay_ms", Kind::Int),
+    ("replication", "retain_min_changes", Kind::Int),
+    ("replication", "retain_min_age_ms", Kind::Int),
+    ("status", "listen", Kind::Str),
+    ("status", "token", Kind::Str),
+    ("tls", "ca", Kind::Str),
+    ("tls", "cert", Kind::Str),
+    ("tls", "key", Kind::Str),
+    ("hooks", "on_promote", Kind::Str),
+    ("hooks", "on_demote", Kind::Str),
+    ("hooks", "on_fence", Kind::Str),
+    ("hooks", "timeout_ms", Kind::Int),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+}
+
+fn env_name(section: &str, key: &str) -> String {
+    if section.is_empty() {
+        format!("UNDERSTUDY_{}", key.to_uppercase())
+    } else {
+        format!(
+            "UNDERSTUDY_{}_{}",
+            section.to_uppercase(),
+            key.to_uppercase()
+        )
+    }
+}
+
+fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (String, String)> {
+    for (section, key, kind) in OVERRIDABLE {
+        let name = env_name(section, key);
+        let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
+            continue;
+        };
+        let dotted = if section.is_empty() {
+            key.to_string()
+        } else {
+            format!("{section}.{key}")
+        };
+        let v = match kind {
+            Kind::Str => toml::Value::String(raw.clone()),
+            Kind::Bool => match raw.as_str() {
+                "true" | "1" | "yes" => toml::Value::Boolean(true),
+                "false" | "0" | "no" => toml::Value::Boolean(false),
+                _ => {
+                    return Err((
+                        dotted,
+                        format!("environment variable {name} must be true or false"),
+                    ));
+                }
+            },
+            Kind::Int => toml::Value::Integer(raw.parse().map_err(|_| {
+                (
+                    dotted.clone(),
+                    format!("environment variable {name} must be a whole number"),
+                )
+            })?),
+        };
+        if section.is_empty() {
+            table.insert(key.to_string(), v);
+        } else {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_string(), v);
+                }
+                _ => return Err((section.to_string(), "must be a table".into())),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: String,
+    member: String,
+    initial_active: String,
+    #[serde(default = "yes")]
+    auto_failover: bool,
+    #[serde(default)]
+    witness: bool,
+    #[serde(default)]
+    no_failover: bool,
+    #[serde(default)]
+    priority: i64,
+    database: Option<RawDatabase>,
+    replication: RawReplication,
+    status: RawStatus,
+    tls: RawTls,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    hooks: RawHooks,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    listen: String,
+    #[serde(default = "d_heartbeat")]
+    heartbeat_interval_ms: u64,
+    #[serde(default = "d_lease")]
+    lease_timeout_ms: u64,
+    #[serde(default = "d_failover")]
+    failover_timeout_ms: u64,
+    #[serde(default = "d_max_lag")]
+    max_failover_lag_changes: u64,
+    #[serde(default = "d_batch_changes")]
+    batch_max_changes: usize,
+    #[serde(default = "d_batch_bytes")]
+    batch_max_bytes: usize,
+    #[serde(default = "d_batch_delay")]
+    batch_max_delay_ms: u64,
+    #[serde(default = "d_retain_changes")]
+    retain_min_changes: u64,
+    #[serde(default = "d_retain_age")]
+    retain_min_age_ms: u64,
+}
+
+fn d_heartbeat() -> u64 {
+    500
+}
+fn d_lease() -> u64 {
+    2500
+}
+fn d_failover() -> u64 {
+    3000
+}
+fn d_max_lag() -> u64 {
+    10_000
+}
+fn d_batch_changes() -> usize {
+    1000
+}
+fn d_batch_bytes() -> usize {
+    1 << 20
+}
+fn d_batch_delay() -> u64 {
+    2
+}
+fn d_retain_changes() -> u64 {
+    10_000
+}
+fn d_retain_age() -> u64 {
+    600_000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    listen: String,
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    member: String,
+    address: String,
+    status: String,
+    #[serde(default)]
+    witness: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    on_promote: Option<String>,
+    on_demote: Option<String>,
+    on_fence: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// Member ids become certificate names and file names: keep them plain.
+pub fn check_member_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || id.starts_with('-')
+    {
+        return Err(format!(
+            "{id:?} may hold only letters, digits, '-' and '_' (it is a certificate name)"
+        ));
+    }
+    Ok(())
+}
+
+fn addr(key: &str, s: &str) -> Result<SocketAddr, (String, String)> {
+    s.parse().map_err(|_| {
+        (
+            key.to_string(),
+            format!("{s:?} is not an IP:port address (e.g. 127.0.0.1:7401)"),
+        )
+    })
+}
+
+fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String, String)> {
+    let e = |k: &str, r: String| (k.to_string(), r);
+    if raw.cluster.trim().is_empty() {
+        return Err(e("cluster", "must not be empty".into()));
+    }
+    check_member_id(&raw.member).map_err(|r| e("member", r))?;
+    let member = MemberId::new(raw.member.clone());
+
+    let mut seen = BTreeSet::new();
+    seen.insert(raw.member.clone());
+    let mut peers = Vec::new();
+    for (i, p) in raw.peers.iter().enumerate() {
+        let k = format!("peers[{i}].member");
+        check_member_id(&p.member).map_err(|r| e(&k, r))?;
+        if !seen.insert(p.member.clone()) {
+            return Err(e(
+                &k,
+                format!(
+                    "member {:?} is listed twice (or is this member itself)",
+                    p.member
+                ),
+            ));
+        }
+        if p.address.trim().is_empty() {
+            return Err(e(
+                &format!("peers[{i}].address"),
+                "must not be empty".into(),
+            ));
+        }
+        peers.push(Peer {
+            member: MemberId::new(p.member.clone()),
+            address: p.address.clone(),
+            status: p.status.clone(),
+            witness: p.witness,
+        });
+    }
+
+    let initial_active = MemberId::new(raw.initial_active.clone());
+    let initial_is_data_member = (initial_active == member && !raw.witness)
+        || peers
+            .iter()
+            .any(|p| p.member == initial_active && !p.witness);
+    if !initial_is_data_member {
+        return Err(e(
+            "initial_active",
+            format!(
+                "{:?} is not a member with a database in this config (this member or a non-witness peer)",
+                raw.initial_active
+            ),
+        ));
+    }
+
+    let database = match (&raw.database, raw.witness) {
+        (Some(_), true) => {
+            return Err(e(
+                "database",
+                "a witness has no database: remove [database] or set witness = false".into(),
+            ));
+        }
+        (None, false) => {
+            return Err(e(
+                "database.url",
+                "missing: a member needs [database] url = \"sqlite://...\" or \"postgres://...\""
+                    .into(),
+            ));
+        }
+        (None, true) => None,
+        (Some(d), false) => {
+            Some(DatabaseUrl::parse(&d.url, base).map_err(|r| e("database.url", r))?)
+        }
+    };
+
+    let r = &raw.replication;
+    if r.heartbeat_interval_ms == 0 {
+        return Err(e(
+            "replication.heartbeat_interval_ms",
+            "must be above 0".into(),
+        ));
+    }
+    if r.lease_timeout_ms >= r.failover_timeout_ms {
+        return Err(e(
+            "replication.lease_timeout_ms",
+            format!(
+                "must be < failover_timeout_ms ({} >= {}): the active's lease must run out before any passive may promote",
+                r.lease_timeout_ms, r.failover_timeout_ms
+            ),
+        ));
+    }
+    if r.heartbeat_interval_ms * 2 > r.lease_timeout_ms {
+        return Err(e(
+            "replication.heartbeat_interval_ms",
+            format!(
+                "must be at most half of lease_timeout_ms ({} > {} / 2), or one lost heartbeat fences the active",
+                r.heartbeat_interval_ms, r.lease_timeout_ms
+            ),
+        ));
+    }
+    if r.batch_max_changes == 0 || r.batch_max_bytes < 1024 {
+        return Err(e(
+            "replication.batch_max_changes",
+            "batch limits must be at least 1 change and 1024 bytes".into(),
+        ));
+    }
+    let replication = Replication {
+        listen: addr("replication.listen", &r.listen)?,
+        heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
+        lease_timeout: Duration::from_millis(r.lease_timeout_ms),
+        failover_timeout: Duration::from_millis(r.failover_timeout_ms),
+        max_failover_lag_changes: r.max_failover_lag_changes,
+        batch_max_changes: r.batch_max_changes,
+        batch_max_bytes: r.batch_max_bytes,
+        batch_max_delay: Duration::from_millis(r.batch_max_delay_ms),
+        retain_min_changes: r.retain_min_changes,
+        retain_min_age: Duration::from_millis(r.retain_min_age_ms),
+    };
+
+    if raw.status.token.len() < 8 {
+        return Err(e(
+            "status.token",
+            "must be at least 8 characters (it guards the POST endpoints)".into(),
+        ));
+    }
+    let status = StatusConfig {
+        listen: addr("status.listen", &raw.status.listen)?,
+        token: raw.status.token.clone(),
+    };
+
+    let data_members = peers.iter().filter(|p| !p.witness).count() + usize::from(!raw.witness);
+    let witnesses = peers.iter().filter(|p| p.witness).count() + usize::from(raw.witness);
+    if raw.auto_failover && data_members == 2 && witnesses == 0 {
+        return Err(e(
+            "auto_failover",
+            "a 2-member cluster without a witness cannot fail over automatically without risking two actives: add a witness peer ([[peers]] ... witness = true) or set auto_failover = false (an operator can still run `understudy promote --force`)".into(),
+        ));
+    }
+
+    let path = |k: &str, s: &str| -> Result<PathBuf, (String, String)> {
+        if s.trim().is_empty() {
+            return Err(e(k, "must not be empty".into()));
+        }
+        let p = Path::new(s);
+        Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        })
+    };
+    let tls = TlsPaths {
+        ca: path("tls.ca", &raw.tls.ca)?,
+        cert: path("tls.cert", &raw.tls.cert)?,
+        key: path("tls.key", &raw.tls.key)?,
+    };
+    let hooks = Hooks {
+        on_promote: raw.hooks.on_promote.clone(),
+        on_demote: raw.hooks.on_demote.clone(),
+        on_fence: raw.hooks.on_fence.clone(),
+        timeout: Duration::from_millis(raw.hooks.timeout_ms.unwrap_or(30_000)),
+    };
+
+    Ok(Config {
+        file: _path.to_path_buf(),
+        cluster: raw.cluster,
+        member,
+        initial_active,
+        auto_failover: raw.auto_failover,
+        witness: raw.witness,
+        no_failover: raw.no_failover,
+        priority: raw.priority,
+        database,
+        replication,
+        status,
+        tls,
+        peers,
+        hooks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+cluster = "prod"
+member = "a"
+initial_active = "a"
+auto_failover = true
+
+[database]
+url = "sqlite://data/a.db"
+
+[replication]
+listen = "127.0.0.1:7401"
+heartbeat_interval_ms = 500
+lease_timeout_ms = 2500
+failover_timeout_ms = 3000
+
+[status]
+listen = "127.0.0.1:7501"
+token = "change-me"
+
+[tls]
+ca = "certs/ca.pem"
+cert = "certs/a.pem"
+key = "certs/a.key"
+
+[[peers]]
+member = "b"
+address = "127.0.0.1:7402"
+status = "127.0.0.1:7502"
+
+[[peers]]
+member = "w"
+address = "127.0.0.1:7403"
+status = "127.0.0.1:7503"
+witness = true
+
+[hooks]
+on_promote = "/usr/local/bin/start-scheduler"
+"#;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(text, Path::new("/etc/understudy/a.toml"), &env)
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(c.member.as_str(), "a");
+        assert_eq!(
+            c.database,
+            Some(DatabaseUrl::Sqlite(PathBuf::from(
+                "/etc/understudy/data/a.db"
+            )))
+        );
+        assert_eq!(c.tls.ca, PathBuf::from("/etc/understudy/certs/ca.pem"));
+        assert_eq!(c.voters().len(), 3);
+        assert_eq!(c.quorum(), 2);
+        assert_eq!(c.replication.lease_timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let c = parse(
+            GOOD,
+            &[
+                ("UNDERSTUDY_DATABASE_URL", "postgres://u@h:5432/d"),
+                ("UNDERSTUDY_REPLICATION_HEARTBEAT_INTERVAL_MS", "250"),
+                ("UNDERSTUDY_AUTO_FAILOVER", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.database,
+            Some(DatabaseUrl::Postgres("postgres://u@h:5432/d".into()))
+        );
+        assert_eq!(c.replication.heartbeat_interval, Duration::from_millis(250));
+        assert!(!c.auto_failover);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let bad = GOOD.replace("lease_timeout_ms = 2500", "lease_timeout_ms = 3500");
+        let err = parse(&bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("/etc/understudy/a.toml"), "{err}");
+        assert!(err.contains("replication.lease_timeout_ms"), "{err}");
+        assert!(err.contains("failover_timeout_ms"), "{err}");
+
+        let typo = GOOD.replace("auto_failover = true", "auto_failovr = true");
+        let err = parse(&typo, &[]).unwrap_err().to_string();
+        assert!(err.contains("auto_failovr"), "{err}");
+
+        let err = parse("cluster = ", &[]).unwrap_err().to_string();
+        assert!(err.contains("a.toml"), "{err}");
+
+        let err = parse(GOOD, &[("UNDERSTUDY_REPLICATION_LEASE_TIMEOUT_MS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("UNDERSTUDY_REPLICATION_LEASE_TIMEOUT_MS"),
+            "{err}"
+        );
+
+        let err = parse(&GOOD.replace("sqlite://data/a.db", "mysql://x"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
+    }
+
+    #[test]
+    fn two_members_without_witness_refuse_auto_failover() {
+        let two = GOOD.replace("witness = true\n", "");
+        let two = two
+            .split("[[peers]]\nmember = \"w\"")
+            .next()
+            .unwrap()
+            .to_string();
+        let err = parse(&two, &[]).unwrap_err().to_string();
+        assert!(err.contains("auto_failover"), "{err}");
+        assert!(err.contains("witness"), "{err}");
+        let off = two.replace("auto_failover = true", "auto_failover = false");
+        assert!(parse(&off, &[]).is_ok());
+    }
+
+    #[test]
+    fn witness_has_no_database() {
+        let w = GOOD
+            .replace(
+                "member = \"a\"\ninitial_active",
+                "member = \"x\"\nwitness = true\ninitial_active",
+            )
+            .replace("[database]\nurl = \"sqlite://data/a.db\"\n", "")
+            .replace("member = \"w\"", "member = \"a\"")
+            .replace("witness = true\n\n[hooks]", "\n[hooks]");
+        let c = parse(&w, &[]).unwrap();
+        assert!(c.witness);
+        assert!(c.database.is_none());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h/d"), "postgres://u:***@h/d");
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}

@@ -1,0 +1,6 @@
+//! understudy: the replication and failover sidecar of a clustered job
+//! scheduler. See ARCHITECTURE.md for the map of modules.
+
+pub mod config;
+pub mod model;
+pub mod store;

@@ -1,0 +1,274 @@
+//! The member database behind one narrow interface: [`MemberStore`], with an
+//! SQLite and a PostgreSQL implementation and [`AnyStore`] to pick one at run
+//! time from the config's URL.
+//!
+//! Owns: schemas (embedded from `schemas/`), capture triggers, the change log,
+//! the replication state row (role, epoch, position, lease, vote, pause), epoch
+//! history, per-table checksums, commit wake-ups.
+//! Must never: decide roles (the controller does), talk to the network, or put
+//! key content into an error message.
+
+pub mod checksum;
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+use crate::config::DatabaseUrl;
+use crate::model::{Change, Epoch, MemberId, Position, Role};
+use std::time::Duration;
+
+/// Errors of the member database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or opened.
+    #[error("database {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// Tables of our names exist with another shape: refuse rather than touch them.
+    #[error(
+        "database {url}: table {table} exists with another shape ({detail}); refusing to change it: point the config at another database or rename the table"
+    )]
+    SchemaMismatch {
+        url: String,
+        table: String,
+        detail: String,
+    },
+    /// The database holds something the agent cannot decode.
+    #[error("database holds a value the agent cannot read: {0}")]
+    Corrupt(String),
+    /// A change that does not follow the applied position (a gap or a fork).
+    #[error("change {got} does not follow the applied position {applied}")]
+    OutOfOrder { applied: Position, got: Position },
+    /// `init` has not been run on this database.
+    #[error("database {url} has no understudy schema: run `understudy init --config FILE` first")]
+    NotInitialised { url: String },
+    /// Any other database error, already free of secrets.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What `init` needs to seed a new member's replication state.
+#[derive(Clone, Debug)]
+pub struct InitParams {
+    pub cluster: String,
+    pub member: MemberId,
+    pub initial_active: MemberId,
+}
+
+/// What `init` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitReport {
+    /// Schema version before (0 for a new database) and after.
+    pub from_version: u32,
+    pub to_version: u32,
+}
+
+/// A durably recorded vote: at most one per epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vote {
+    pub epoch: Epoch,
+    pub candidate: MemberId,
+}
+
+/// The member's replication state row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationState {
+    pub cluster: String,
+    pub member: MemberId,
+    pub role: Role,
+    pub epoch: Epoch,
+    /// The active member as this member last knew it.
+    pub active: Option<MemberId>,
+    /// Last position in this member's change log: the head on an active, the
+    /// applied position on a passive (the two are the same thing here).
+    pub position: Position,
+    /// Lease end in the database's own clock (ms since the Unix epoch); `None`
+    /// means no lease is enforced yet (a fresh initial active before its agent
+    /// first runs).
+    pub lease_until_ms: Option<i64>,
+    pub vote: Option<Vote>,
+    /// Automatic failover suspended by an operator.
+    pub paused: bool,
+}
+
+/// One row of epoch history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochRecord {
+    pub epoch: Epoch,
+    pub active: MemberId,
+    /// The last position of the previous epoch the new active held: its own
+    /// changes start right after it.
+    pub start: Position,
+    /// ms since the Unix epoch.
+    pub at_ms: i64,
+    /// failover, switchover, forced, initial ... with who asked.
+    pub reason: String,
+}
+
+/// Checksum of one application table, independent of row order and backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableChecksum {
+    pub table: String,
+    pub rows: u64,
+    /// Hex digest.
+    pub digest: String,
+}
+
+/// A read of committed changes.
+#[derive(Clone, Debug, Default)]
+pub struct ChangeRead {
+    /// In commit order, seq ascending.
+    pub changes: Vec<Change>,
+    /// True when the read reached the change log's committed head as of the
+    /// read: the last change then ends a whole number of application
+    /// transactions, so a passive may commit there.
+    pub at_head: bool,
+}
+
+/// The interface every member database backend implements; one conformance
+/// suite ([`conformance`]) runs against each.
+#[allow(async_fn_in_trait)]
+pub trait MemberStore: Send + Sync {
+    /// Create or upgrade the schema and seed the replication state (idempotent).
+    async fn init(&self, params: &InitParams) -> StoreResult<InitReport>;
+    /// Check the schema is ours and current; does not change anything.
+    async fn check_schema(&self) -> StoreResult<()>;
+    async fn state(&self) -> StoreResult<ReplicationState>;
+    /// Move captured, committed changes into the change log in commit order
+    /// (PostgreSQL); a no-op where capture writes the log directly (SQLite).
+    /// Returns how many changes were sequenced.
+    async fn sequence(&self) -> StoreResult<u64>;
+    /// Committed changes with `seq > after_seq`, at most `max_changes` and about
+    /// `max_bytes`, in commit order.
+    async fn read_changes(
+        &self,
+        after_seq: u64,
+        max_changes: usize,
+        max_bytes: usize,
+    ) -> StoreResult<ChangeRead>;
+    /// Apply changes received from the active under their original positions,
+    /// without capturing them again and past the fence. Changes at or below the
+    /// applied position are skipped (idempotent). With `commit`, the open apply
+    /// transaction commits together with the new applied position; without, it
+    /// stays open for the next call.
+    async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position>;
+    /// Roll back an open apply transaction (after a disconnect).
+    async fn abort_apply(&self) -> StoreResult<()>;
+    /// Set role, epoch and active. A role other than `Active` fences the
+    /// database; `Active` lifts the fence (the lease still rules).
+    async fn set_role(
+        &self,
+        role: Role,
+        epoch: Epoch,
+        active: Option<&MemberId>,
+    ) -> StoreResult<()>;
+    /// Renew the lease: `lease_until = db_now + lease`. Returns the new end.
+    async fn renew_lease(&self, lease: Duration) -> StoreResult<i64>;
+    /// The database's clock, ms since the Unix epoch.
+    async fn db_now_ms(&self) -> StoreResult<i64>;
+    /// Durably record a vote (before the reply leaves).
+    async fn record_vote(&self, vote: &Vote) -> StoreResult<()>;
+    async fn set_paused(&self, paused: bool) -> StoreResult<()>;
+    async fn record_epoch(&self, rec: &EpochRecord) -> StoreResult<()>;
+    async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>>;
+    /// Per-table checksums of projects, jobs and keys.
+    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>>;
+    /// Wait until a commit may have happened since the last call, or until
+    /// `timeout` (the safety-net poll). Returns true when woken by a hint.
+    async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool>;
+    /// Delete change-log entries with `seq <= upto_seq`, always keeping the
+    /// newest entry. Returns how many were removed.
+    async fn trim_log(&self, upto_seq: u64) -> StoreResult<u64>;
+    /// The oldest seq still in the change log (None when empty).
+    async fn oldest_seq(&self) -> StoreResult<Option<u64>>;
+}
+
+/// One of the backends, chosen from the config's database URL.
+pub enum AnyStore {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl AnyStore {
+    /// Connect (without creating or changing anything).
+    pub async fn open(url: &DatabaseUrl) -> StoreResult<AnyStore> {
+        Ok(match url {
+            DatabaseUrl::Sqlite(path) => AnyStore::Sqlite(sqlite::SqliteStore::open(path).await?),
+            DatabaseUrl::Postgres(u) => AnyStore::Postgres(postgres::PgStore::connect(u).await?),
+        })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            AnyStore::Sqlite(_) => "sqlite",
+            AnyStore::Postgres(_) => "postgres",
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnyStore::Sqlite($s) => $e,
+            AnyStore::Postgres($s) => $e,
+        }
+    };
+}
+
+impl MemberStore for AnyStore {
+    async fn init(&self, p: &InitParams) -> StoreResult<InitReport> {
+        delegate!(self, s => s.init(p).await)
+    }
+    async fn check_schema(&self) -> StoreResult<()> {
+        delegate!(self, s => s.check_schema().await)
+    }
+    async fn state(&self) -> StoreResult<ReplicationState> {
+        delegate!(self, s => s.state().await)
+    }
+    async fn sequence(&self) -> StoreResult<u64> {
+        delegate!(self, s => s.sequence().await)
+    }
+    async fn read_changes(&self, a: u64, n: usize, b: usize) -> StoreResult<ChangeRead> {
+        delegate!(self, s => s.read_changes(a, n, b).await)
+    }
+    async fn apply(&self, c: &[Change], commit: bool) -> StoreResult<Position> {
+        delegate!(self, s => s.apply(c, commit).await)
+    }
+    async fn abort_apply(&self) -> StoreResult<()> {
+        delegate!(self, s => s.abort_apply().await)
+    }
+    async fn set_role(&self, r: Role, e: Epoch, a: Option<&MemberId>) -> StoreResult<()> {
+        delegate!(self, s => s.set_role(r, e, a).await)
+    }
+    async fn renew_lease(&self, l: Duration) -> StoreResult<i64> {
+        delegate!(self, s => s.renew_lease(l).await)
+    }
+    async fn db_now_ms(&self) -> StoreResult<i64> {
+        delegate!(self, s => s.db_now_ms().await)
+    }
+    async fn record_vote(&self, v: &Vote) -> StoreResult<()> {
+        delegate!(self, s => s.record_vote(v).await)
+    }
+    async fn set_paused(&self, p: bool) -> StoreResult<()> {
+        delegate!(self, s => s.set_paused(p).await)
+    }
+    async fn record_epoch(&self, r: &EpochRecord) -> StoreResult<()> {
+        delegate!(self, s => s.record_epoch(r).await)
+    }
+    async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>> {
+        delegate!(self, s => s.epoch_history().await)
+    }
+    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
+        delegate!(self, s => s.checksums().await)
+    }
+    async fn wait_for_commit(&self, t: Duration) -> StoreResult<bool> {
+        delegate!(self, s => s.wait_for_commit(t).await)
+    }
+    async fn trim_log(&self, upto: u64) -> StoreResult<u64> {
+        delegate!(self, s => s.trim_log(upto).await)
+    }
+    async fn oldest_seq(&self) -> StoreResult<Option<u64>> {
+        delegate!(self, s => s.oldest_seq().await)
+    }
+}
