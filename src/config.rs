@@ -823,6 +823,21 @@ on_promote = "/usr/local/bin/start-scheduler"
     }
 
     #[test]
+    fn shipped_examples_are_valid() {
+        for (name, text) in [
+            ("a.toml", include_str!("../config/a.toml")),
+            ("b.toml", include_str!("../config/b.toml")),
+            ("c.toml", include_str!("../config/c.toml")),
+            ("postgres-member.toml", include_str!("../config/postgres-member.toml")),
+        ] {
+            let path = PathBuf::from("/srv/understudy").join(name);
+            if let Err(e) = Config::parse(text, &path, &[]) {
+                panic!("config/{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn urls_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");

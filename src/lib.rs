@@ -4,3 +4,10 @@
 pub mod config;
 pub mod model;
 pub mod store;
+pub mod workload;
+pub mod capture;
+pub mod agent;
+pub mod replication;
+pub mod status;
+pub mod bench;
+pub mod localcluster;

@@ -1,1 +1,220 @@
-fn main() {}
+//! The `understudy` command line: parse, dispatch, exit codes. Nothing else.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use understudy::config::Config;
+use understudy::model::MemberId;
+use understudy::store::{AnyStore, InitParams, MemberStore};
+
+#[derive(Parser)]
+#[command(name = "understudy", version, about = "Replication and failover sidecar for clustered job schedulers")]
+struct Cli {
+    /// Log format on stderr: text or json. Filter with RUST_LOG (default info).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create or upgrade the schema in the member's database (idempotent).
+    Init {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the sidecar (SIGTERM or SIGINT: graceful stop).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print captured changes (key content redacted).
+    Log {
+        #[arg(long)]
+        config: PathBuf,
+        /// Only changes with a seq above this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many changes.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Replication throughput and lag benchmarks.
+    Bench(understudy::bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// A dev CA and member certificates: DIR/ca.pem, DIR/<member>.pem, DIR/<member>.key.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated member ids (witnesses included).
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+async fn open_store(cfg: &Config) -> Result<AnyStore> {
+    let Some(url) = &cfg.database else {
+        bail!(
+            "{}: member {} is a witness and has no database",
+            cfg.file.display(),
+            cfg.member
+        );
+    };
+    Ok(AnyStore::open(url).await?)
+}
+
+async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Init { config } => {
+            let cfg = load(&config)?;
+            let Some(url) = &cfg.database else {
+                println!("member {} is a witness: nothing to initialise", cfg.member);
+                return Ok(ExitCode::SUCCESS);
+            };
+            let report = understudy::store::init_database(
+                url,
+                &InitParams {
+                    cluster: cfg.cluster.clone(),
+                    member: cfg.member.clone(),
+                    initial_active: cfg.initial_active.clone(),
+                },
+            )
+            .await?;
+            if report.from_version == report.to_version {
+                println!("{url}: schema is current (version {})", report.to_version);
+            } else {
+                println!(
+                    "{url}: schema upgraded from version {} to {}",
+                    report.from_version, report.to_version
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config } => {
+            let cfg = load(&config)?;
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                let _ = tx.send(true);
+            });
+            understudy::agent::run(cfg, rx)
+                .await
+                .context("the agent stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Log {
+            config,
+            since,
+            limit,
+            json,
+        } => {
+            let cfg = load(&config)?;
+            let store = open_store(&cfg).await?;
+            store.check_schema().await?;
+            store.sequence().await?;
+            let mut after = since;
+            let mut left = limit;
+            let mut out = Vec::new();
+            while left > 0 {
+                let read = store.read_changes(after, left.min(1000), 4 << 20).await?;
+                let Some(last) = read.changes.last() else { break };
+                after = last.pos.seq;
+                left -= read.changes.len();
+                out.extend(read.changes);
+            }
+            if json {
+                let docs: Vec<_> = out.iter().map(understudy::capture::change_json).collect();
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+            } else {
+                for c in &out {
+                    println!("{}", understudy::capture::change_line(c));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Certs {
+            cmd: CertsCmd::Init {
+                out,
+                members,
+                force,
+            },
+        } => {
+            let ids: Vec<MemberId> = members.iter().map(MemberId::new).collect();
+            if ids.is_empty() {
+                bail!("--members needs at least one member id, e.g. --members a,b,w");
+            }
+            let report = understudy::certs::init_certs(&out, &ids, force)?;
+            for f in report.files() {
+                println!("wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(args) => understudy::bench::run(args).await,
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

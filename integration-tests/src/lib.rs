@@ -1,1 +1,114 @@
-//! Test harness shared by the black-box tests.
+//! Test harness shared by the black-box tests: where the `understudy` binary
+//! is, member databases, workload writers that retry through fences, and
+//! comparisons of members' data.
+//!
+//! Must never: rely on a server or process started by hand; leave a process
+//! running (clusters kill theirs on drop).
+
+use std::path::PathBuf;
+use std::time::Duration;
+use understudy::config::DatabaseUrl;
+use understudy::model::Change;
+use understudy::store::{AnyStore, MemberStore, TableChecksum};
+use understudy::workload::{AppConn, AppOp, Workload};
+
+/// The `understudy` binary of this build (`cargo build` puts it beside the
+/// test binaries' `deps` folder).
+pub fn understudy_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile folder");
+    let bin = dir.join("understudy");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace`), as the README's test command does",
+        bin.display()
+    );
+    bin
+}
+
+/// A fixed seed, overridable with UNDERSTUDY_TEST_SEED; printed so a failure
+/// can be replayed.
+pub fn seed(default: u64) -> u64 {
+    let s = std::env::var("UNDERSTUDY_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    eprintln!("seed = {s} (replay with UNDERSTUDY_TEST_SEED={s})");
+    s
+}
+
+/// Write `ops` operations of the standard workload in transactions of
+/// `tx_size`, retrying a refused transaction (fenced, lease ran out, locked)
+/// until it commits. Returns how many transactions needed a retry.
+pub async fn write_workload(
+    url: &DatabaseUrl,
+    w: &mut Workload,
+    ops: u64,
+    tx_size: usize,
+) -> anyhow::Result<u64> {
+    let mut app = AppConn::connect(url).await?;
+    let mut retries = 0;
+    let mut done = 0;
+    while done < ops {
+        let n = tx_size.min((ops - done) as usize);
+        let batch: Vec<AppOp> = (0..n).map(|_| w.next_op()).collect();
+        let mut attempts = 0;
+        loop {
+            match app.execute(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempts += 1;
+                    retries += 1;
+                    anyhow::ensure!(attempts < 600, "a write kept failing: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if matches!(url, DatabaseUrl::Postgres(_)) {
+                        app = AppConn::connect(url).await?;
+                    }
+                }
+            }
+        }
+        done += n as u64;
+    }
+    Ok(retries)
+}
+
+/// Checksums of one member's application tables.
+pub async fn checksums(url: &DatabaseUrl) -> anyhow::Result<Vec<TableChecksum>> {
+    Ok(AnyStore::open(url).await?.checksums().await?)
+}
+
+/// A member's whole change log.
+pub async fn change_log(url: &DatabaseUrl) -> anyhow::Result<Vec<Change>> {
+    let s = AnyStore::open(url).await?;
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let r = s.read_changes(after, 5000, 64 << 20).await?;
+        let Some(last) = r.changes.last() else { break };
+        after = last.pos.seq;
+        out.extend(r.changes);
+    }
+    Ok(out)
+}
+
+/// Wait for `cond` (polled every 20 ms) or fail naming what was awaited.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,184 @@
+//! The passive side: dial the active, say where this member is, apply what
+//! arrives one database transaction per commit point, ack after commit.
+//!
+//! Owns: the follow loop with reconnect backoff, the passive's handshake,
+//! applying and acking.
+//! Must never: ack a position before its transaction committed, or keep an
+//! apply transaction open across a reconnect (it is rolled back, and the
+//! stream resumes from the committed position).
+
+use crate::model::{MemberId, Position, Role};
+use crate::replication::{NodeCtx, ReplicationError};
+use crate::store::{AnyStore, MemberStore};
+use crate::transport::{Retry, TlsContext};
+use crate::wire::{ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, ServerMsg};
+use crate::wire::{FrameReader, FrameWriter};
+use crate::workload::now_ms;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Batches read ahead of the applier: bounds a passive's memory.
+const READ_AHEAD: usize = 4;
+
+/// Follow the active until `shutdown` fires, reconnecting with backoff.
+/// `store` is `None` on a witness (it only listens to heartbeats).
+pub async fn follow(
+    node: Arc<NodeCtx>,
+    tls: Arc<TlsContext>,
+    store: Option<Arc<AnyStore>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let active = node.live.read(|s| s.active.clone());
+        let target = active
+            .filter(|a| *a != node.member)
+            .and_then(|a| node.config.peer(&a).map(|p| (a, p.address.clone())));
+        let result = match target {
+            Some((active, addr)) => {
+                session(&node, &tls, store.as_deref(), &active, &addr, &mut shutdown).await
+            }
+            None => Err(ReplicationError::Peer(
+                "no known active member with a replication address".into(),
+            )),
+        };
+        if let Some(s) = &store
+            && let Err(e) = s.abort_apply().await
+        {
+            tracing::warn!(error = %e, "rolling back the open apply transaction failed");
+        }
+        match result {
+            Ok(()) => retry.reset(),
+            Err(e) => tracing::warn!(error = %e, "replication stream from the active ended"),
+        }
+        node.live.update(|s| {
+            if let Some(a) = s.active.clone() {
+                s.peers.entry(a).or_default().connected = false;
+            }
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(retry.next_delay()) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+async fn session(
+    node: &Arc<NodeCtx>,
+    tls: &TlsContext,
+    store: Option<&AnyStore>,
+    active: &MemberId,
+    addr: &str,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ReplicationError> {
+    let position = match store {
+        Some(s) => s.state().await?.position,
+        None => Position::ZERO,
+    };
+    let my_role = if store.is_some() {
+        Role::Passive
+    } else {
+        Role::Witness
+    };
+    let stream = tls.connect(addr, active).await?;
+    let (r, w) = tokio::io::split(stream);
+    let mut reader: FrameReader<_, ServerMsg> = FrameReader::new(r);
+    let mut writer: FrameWriter<_, ClientMsg> = FrameWriter::new(w);
+    writer
+        .send(&ClientMsg::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: node.config.cluster.clone(),
+            member: node.member.clone(),
+            role: my_role,
+            epoch: node.epoch(),
+            position,
+        }))
+        .await?;
+    match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
+        Err(_) => return Err(ReplicationError::Timeout("waiting for the active's welcome")),
+        Ok(Ok(Some(ServerMsg::Welcome(h)))) => {
+            node.live.heard_active(h.position, Instant::now());
+            node.live.peer_connected(active, h.role, h.position, true);
+        }
+        Ok(Ok(Some(ServerMsg::Refuse { reason }))) => {
+            return Err(ReplicationError::Refused {
+                member: active.clone(),
+                reason,
+            });
+        }
+        Ok(Ok(Some(_))) => return Err(ReplicationError::Peer("no welcome".into())),
+        Ok(Ok(None)) => return Err(ReplicationError::Peer("closed during the handshake".into())),
+        Ok(Err(e)) => return Err(e.into()),
+    }
+    tracing::info!(active = %active, from = %position, "following the active");
+
+    // Frames are read on their own task (reading is not cancel-safe inside a
+    // select!), a few batches ahead of the applier.
+    let (tx, mut rx) = mpsc::channel::<Result<Option<ServerMsg>, ReplicationError>>(READ_AHEAD);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let m = reader.recv().await.map_err(ReplicationError::from);
+            let end = !matches!(m, Ok(Some(_)));
+            if tx.send(m).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(node.limits.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let msg = match m {
+                    Some(Ok(Some(msg))) => msg,
+                    Some(Ok(None)) | None => break Err(ReplicationError::Peer("the active closed the stream".into())),
+                    Some(Err(e)) => break Err(e),
+                };
+                match msg {
+                    ServerMsg::Batch(b) => {
+                        node.live.heard_active(b.head, Instant::now());
+                        let Some(store) = store else { continue };
+                        let pos = match store.apply(&b.changes, b.commit).await {
+                            Ok(p) => p,
+                            Err(e) => break Err(e.into()),
+                        };
+                        if b.commit {
+                            node.live.applied(pos);
+                            node.live.database(Ok(()));
+                            if let Err(e) = writer.send(&ClientMsg::Ack { applied: pos }).await {
+                                break Err(e.into());
+                            }
+                        }
+                    }
+                    ServerMsg::Heartbeat(h) => {
+                        node.live.heard_active(h.position, Instant::now());
+                    }
+                    ServerMsg::Refuse { reason } => {
+                        break Err(ReplicationError::Refused { member: active.clone(), reason });
+                    }
+                    ServerMsg::Welcome(_) => break Err(ReplicationError::Peer("a second welcome".into())),
+                }
+            }
+            _ = tick.tick() => {
+                let position = node.live.read(|s| s.position);
+                let hb = Heartbeat {
+                    epoch: node.epoch(),
+                    member: node.member.clone(),
+                    role: my_role,
+                    position,
+                    sent_at_ms: now_ms(),
+                };
+                if let Err(e) = writer.send(&ClientMsg::Heartbeat(hb)).await {
+                    break Err(e.into());
+                }
+            }
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    read_task.abort();
+    result
+}

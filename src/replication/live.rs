@@ -1,0 +1,301 @@
+//! The member's live view of replication: what `/status` and metrics show.
+//!
+//! Owns: the in-memory, lock-protected snapshot written by the shipper, the
+//! applier and the runtime, and its rendering into the `/status` document.
+//! Must never: be the source of truth for roles or positions (the database
+//! and the controller are); hold its lock across an await.
+
+use crate::model::{Epoch, MemberId, Position, Role};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// What one member knows about one peer.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLive {
+    pub role: Option<Role>,
+    pub connected: bool,
+    /// Last position the peer reported (acked on a passive, head of an active).
+    pub position: Position,
+    /// Since when the peer has been behind this member's head (active side).
+    pub behind_since: Option<Instant>,
+    pub last_seen: Option<Instant>,
+    pub witness: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LiveInner {
+    pub cluster: String,
+    pub member: MemberId,
+    pub role: Role,
+    pub epoch: Epoch,
+    pub active: Option<MemberId>,
+    /// Head on the active, applied position on a passive.
+    pub position: Position,
+    /// On a passive: the head the active last announced.
+    pub active_head: Position,
+    /// On a passive: since when it has known of changes it has not applied.
+    pub behind_since: Option<Instant>,
+    pub last_heartbeat: Option<Instant>,
+    pub database_ok: bool,
+    pub database_error: Option<String>,
+    pub divergent_changes: u64,
+    pub peers: BTreeMap<MemberId, PeerLive>,
+    pub started: Instant,
+    pub backend: &'static str,
+}
+
+/// Shared, cheap to clone behind an `Arc`.
+#[derive(Debug)]
+pub struct Live(Mutex<LiveInner>);
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Lag {
+    pub changes: u64,
+    pub ms: u64,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct PeerStatus {
+    pub member: String,
+    pub role: Option<Role>,
+    pub connected: bool,
+    pub position: Position,
+    pub lag_changes: u64,
+    pub lag_ms: u64,
+    pub witness: bool,
+}
+
+/// The `/status` document (fields fixed by the operator contract).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct StatusDoc {
+    pub cluster: String,
+    pub member: String,
+    pub role: Role,
+    pub epoch: u64,
+    pub active: Option<String>,
+    pub position: Position,
+    pub lag: Lag,
+    pub last_heartbeat_ms: Option<u64>,
+    pub peers: Vec<PeerStatus>,
+    pub divergent_changes: u64,
+    pub version: &'static str,
+    pub backend: &'static str,
+    pub database_ok: bool,
+    pub database_error: Option<String>,
+    pub uptime_ms: u64,
+}
+
+fn ms_since(t: Option<Instant>, now: Instant) -> u64 {
+    t.map(|t| now.saturating_duration_since(t).as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Live {
+    pub fn new(inner: LiveInner) -> Self {
+        Live(Mutex::new(inner))
+    }
+
+    /// Run `f` on the state under the lock (never across an await).
+    pub fn update<T>(&self, f: impl FnOnce(&mut LiveInner) -> T) -> T {
+        let mut g = match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&LiveInner) -> T) -> T {
+        self.update(|s| f(s))
+    }
+
+    /// A passive learned the active's head (from a batch or heartbeat).
+    pub fn heard_active(&self, head: Position, now: Instant) {
+        self.update(|s| {
+            s.last_heartbeat = Some(now);
+            if head > s.active_head {
+                s.active_head = head;
+            }
+            if s.active_head.seq > s.position.seq && s.behind_since.is_none() {
+                s.behind_since = Some(now);
+            }
+        });
+    }
+
+    /// A passive committed up to `pos`.
+    pub fn applied(&self, pos: Position) {
+        self.update(|s| {
+            s.position = pos;
+            if pos.seq >= s.active_head.seq {
+                s.behind_since = None;
+            }
+        });
+    }
+
+    /// The active's head moved.
+    pub fn head_moved(&self, head: Position, now: Instant) {
+        self.update(|s| {
+            s.position = head;
+            for p in s.peers.values_mut() {
+                if !p.witness && p.position.seq < head.seq && p.behind_since.is_none() {
+                    p.behind_since = Some(now);
+                }
+            }
+        });
+    }
+
+    /// A peer acknowledged `pos` (active side).
+    pub fn peer_acked(&self, peer: &MemberId, pos: Position, now: Instant) {
+        self.update(|s| {
+            let head = s.position;
+            let p = s.peers.entry(peer.clone()).or_default();
+            p.position = pos;
+            p.last_seen = Some(now);
+            if pos.seq >= head.seq {
+                p.behind_since = None;
+            } else if p.behind_since.is_none() {
+                p.behind_since = Some(now);
+            }
+        });
+    }
+
+    pub fn peer_connected(&self, peer: &MemberId, role: Role, pos: Position, connected: bool) {
+        let now = Instant::now();
+        self.update(|s| {
+            let p = s.peers.entry(peer.clone()).or_default();
+            p.connected = connected;
+            p.role = Some(role);
+            if connected {
+                p.position = pos;
+                p.last_seen = Some(now);
+            }
+        });
+    }
+
+    pub fn database(&self, ok: Result<(), String>) {
+        self.update(|s| match ok {
+            Ok(()) => {
+                s.database_ok = true;
+                s.database_error = None;
+            }
+            Err(e) => {
+                s.database_ok = false;
+                s.database_error = Some(e);
+            }
+        });
+    }
+
+    /// Render the `/status` document.
+    pub fn status(&self, now: Instant) -> StatusDoc {
+        self.read(|s| {
+            let (lag_changes, lag_ms) = if s.role == Role::Active {
+                (0, 0)
+            } else {
+                (
+                    s.active_head.seq.saturating_sub(s.position.seq),
+                    ms_since(s.behind_since, now),
+                )
+            };
+            let head = s.position;
+            let peers = s
+                .peers
+                .iter()
+                .map(|(m, p)| {
+                    let behind = if s.role == Role::Active && !p.witness {
+                        (
+                            head.seq.saturating_sub(p.position.seq),
+                            ms_since(p.behind_since, now),
+                        )
+                    } else {
+                        (0, 0)
+                    };
+                    PeerStatus {
+                        member: m.to_string(),
+                        role: p.role,
+                        connected: p.connected,
+                        position: p.position,
+                        lag_changes: behind.0,
+                        lag_ms: behind.1,
+                        witness: p.witness,
+                    }
+                })
+                .collect();
+            StatusDoc {
+                cluster: s.cluster.clone(),
+                member: s.member.to_string(),
+                role: s.role,
+                epoch: s.epoch.0,
+                active: s.active.as_ref().map(ToString::to_string),
+                position: s.position,
+                lag: Lag {
+                    changes: lag_changes,
+                    ms: lag_ms,
+                },
+                last_heartbeat_ms: s
+                    .last_heartbeat
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                peers,
+                divergent_changes: s.divergent_changes,
+                version: env!("CARGO_PKG_VERSION"),
+                backend: s.backend,
+                database_ok: s.database_ok,
+                database_error: s.database_error.clone(),
+                uptime_ms: now.saturating_duration_since(s.started).as_millis() as u64,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn live(role: Role) -> Live {
+        Live::new(LiveInner {
+            cluster: "c".into(),
+            member: MemberId::new("b"),
+            role,
+            epoch: Epoch(1),
+            active: Some(MemberId::new("a")),
+            position: Position::new(1, 10),
+            active_head: Position::new(1, 10),
+            behind_since: None,
+            last_heartbeat: None,
+            database_ok: true,
+            database_error: None,
+            divergent_changes: 0,
+            peers: BTreeMap::new(),
+            started: Instant::now(),
+            backend: "sqlite",
+        })
+    }
+
+    #[test]
+    fn passive_lag_counts_changes_and_time_until_applied() {
+        let l = live(Role::Passive);
+        let t0 = Instant::now();
+        l.heard_active(Position::new(1, 25), t0);
+        let s = l.status(t0 + Duration::from_millis(40));
+        assert_eq!(s.lag.changes, 15);
+        assert_eq!(s.lag.ms, 40);
+        l.applied(Position::new(1, 25));
+        let s = l.status(t0 + Duration::from_millis(50));
+        assert_eq!(s.lag, Lag { changes: 0, ms: 0 });
+    }
+
+    #[test]
+    fn active_tracks_each_peer() {
+        let l = live(Role::Active);
+        let b = MemberId::new("b");
+        let t0 = Instant::now();
+        l.peer_connected(&b, Role::Passive, Position::new(1, 10), true);
+        l.head_moved(Position::new(1, 30), t0);
+        let s = l.status(t0 + Duration::from_millis(5));
+        assert_eq!(s.peers[0].lag_changes, 20);
+        assert_eq!(s.peers[0].lag_ms, 5);
+        l.peer_acked(&b, Position::new(1, 30), t0);
+        assert_eq!(l.status(t0).peers[0].lag_changes, 0);
+    }
+}

@@ -1,0 +1,98 @@
+//! Replication: the active streams its change log to every passive over
+//! mutual TLS; each passive applies batches atomically and acks.
+//!
+//! Owns: the accept loop (`server`), the per-passive stream (`shipper`), the
+//! passive's follow loop (`applier`), the head watcher (`head`), and the live
+//! view of all of it (`live`).
+//! Must never: decide roles (roles come from the database state, later from
+//! the promotion controller), or apply anything outside one database
+//! transaction per commit point.
+
+pub mod applier;
+pub mod head;
+pub mod live;
+pub mod server;
+pub mod shipper;
+
+use crate::config::Config;
+use crate::model::{Epoch, MemberId};
+use crate::store::StoreError;
+use crate::transport::TransportError;
+use crate::wire::WireError;
+use live::Live;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Errors of one replication session; the loops around it log and retry.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("refused by {member}: {reason}")]
+    Refused { member: MemberId, reason: String },
+    #[error("peer broke the protocol: {0}")]
+    Peer(String),
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+/// Batch limits and pacing, from the config.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_changes: usize,
+    pub max_bytes: usize,
+    /// After a wake-up, wait this long to coalesce a burst into one batch.
+    pub coalesce: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// What every replication task of a member shares.
+#[derive(Debug)]
+pub struct NodeCtx {
+    pub config: Config,
+    pub member: MemberId,
+    pub live: Arc<Live>,
+    pub limits: Limits,
+    epoch: AtomicU64,
+    batches_sent: AtomicU64,
+}
+
+impl NodeCtx {
+    pub fn new(config: Config, live: Arc<Live>, epoch: Epoch) -> Self {
+        let limits = Limits {
+            max_changes: config.replication.batch_max_changes,
+            max_bytes: config.replication.batch_max_bytes,
+            coalesce: config.replication.batch_max_delay,
+            heartbeat_interval: config.replication.heartbeat_interval,
+        };
+        NodeCtx {
+            member: config.member.clone(),
+            config,
+            live,
+            limits,
+            epoch: AtomicU64::new(epoch.0),
+            batches_sent: AtomicU64::new(0),
+        }
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Relaxed))
+    }
+
+    pub fn set_epoch(&self, e: Epoch) {
+        self.epoch.store(e.0, Ordering::Relaxed);
+    }
+
+    pub fn metrics_batch_sent(&self) {
+        self.batches_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn batches_sent(&self) -> u64 {
+        self.batches_sent.load(Ordering::Relaxed)
+    }
+}

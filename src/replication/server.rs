@@ -1,0 +1,134 @@
+//! The replication listener: accepts mutual-TLS connections, checks the
+//! handshake, and hands a welcomed passive to its shipper.
+//!
+//! Owns: the accept loop and the handshake rules on the accepting side.
+//! Must never: read a frame from a peer whose certificate was refused (the
+//! transport drops it first), or let one bad connection affect another.
+
+use crate::model::{Position, Role};
+use crate::replication::shipper::{check_start, ship};
+use crate::replication::{NodeCtx, ReplicationError};
+use crate::store::{AnyStore, MemberStore};
+use crate::transport::TlsContext;
+use crate::wire::{ClientMsg, Hello, PROTOCOL_VERSION, ServerMsg};
+use crate::wire::{FrameReader, FrameWriter};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long a connected peer has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accept connections until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<TlsContext>,
+    node: Arc<NodeCtx>,
+    store: Option<Arc<AnyStore>>,
+    head_rx: watch::Receiver<Position>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (tls, node, store, head_rx, shutdown) = (
+            tls.clone(),
+            node.clone(),
+            store.clone(),
+            head_rx.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = handle(tcp, tls, node, store, head_rx, shutdown).await {
+                tracing::warn!(peer_addr = %addr, error = %e, "replication connection closed");
+            }
+        });
+    }
+}
+
+async fn handle(
+    tcp: tokio::net::TcpStream,
+    tls: Arc<TlsContext>,
+    node: Arc<NodeCtx>,
+    store: Option<Arc<AnyStore>>,
+    head_rx: watch::Receiver<Position>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ReplicationError> {
+    let (peer, stream) = tls.accept(tcp).await?;
+    let (r, w) = tokio::io::split(stream);
+    let mut reader: FrameReader<_, ClientMsg> = FrameReader::new(r);
+    let mut writer: FrameWriter<_, ServerMsg> = FrameWriter::new(w);
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
+        Err(_) => return Err(ReplicationError::Timeout("waiting for the peer's hello")),
+        Ok(Ok(Some(ClientMsg::Hello(h)))) => h,
+        Ok(Ok(Some(_))) => return Err(ReplicationError::Peer(format!("{peer} spoke before its hello"))),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(e)) => return Err(e.into()),
+    };
+    if let Err(reason) = hello.check(&node.config.cluster, &peer) {
+        return refuse(&mut writer, &peer, reason).await;
+    }
+    let my_role = node.live.read(|s| s.role);
+    let Some(store) = store.filter(|_| my_role == Role::Active) else {
+        let active = node.live.read(|s| s.active.clone());
+        return refuse(&mut writer, &peer, format!(
+            "member {} is {my_role}, not the active; the active member is {}",
+            node.member,
+            active.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+        ))
+        .await;
+    };
+    if hello.role != Role::Witness
+        && let Some(reason) = check_start(&store, hello.position).await?
+    {
+        return refuse(&mut writer, &peer, reason).await;
+    }
+    let me = Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster: node.config.cluster.clone(),
+        member: node.member.clone(),
+        role: my_role,
+        epoch: node.epoch(),
+        position: *head_rx.borrow(),
+    };
+    writer.send(&ServerMsg::Welcome(me)).await?;
+    tracing::info!(peer = %peer, from = %hello.position, role = %hello.role, "streaming to peer");
+    ship(
+        node,
+        store,
+        peer,
+        hello.role,
+        hello.position,
+        reader,
+        writer,
+        head_rx,
+        shutdown,
+    )
+    .await
+}
+
+/// Tell the peer why it is refused, log it, and end the connection.
+async fn refuse<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W, ServerMsg>,
+    peer: &crate::model::MemberId,
+    reason: String,
+) -> Result<(), ReplicationError> {
+    tracing::warn!(peer = %peer, %reason, "refusing replication peer");
+    let _ = writer
+        .send(&ServerMsg::Refuse {
+            reason: reason.clone(),
+        })
+        .await;
+    Err(ReplicationError::Peer(reason))
+}
