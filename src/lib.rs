@@ -5,4 +5,5 @@ pub mod certs;
 pub mod config;
 pub mod model;
 pub mod store;
+pub mod transport;
 pub mod wire;

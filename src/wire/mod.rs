@@ -16,7 +16,7 @@ mod messages;
 mod stream;
 
 #[cfg(test)]
-mod alloc_probe;
+pub(crate) mod alloc_probe;
 
 pub use frame::{HEADER_BYTES, decode_frame, encode_frame};
 pub use messages::{Batch, ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, ServerMsg};
