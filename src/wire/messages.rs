@@ -1,0 +1,140 @@
+//! The messages of a replication connection, one enum per direction.
+//!
+//! Owns: what members say to each other, and the handshake check (protocol
+//! version, cluster name, member name against the TLS certificate).
+//! Must never: carry anything but plain data (no behaviour beyond checks), or
+//! print key content (`Change` holds `Secret`s, whose `Debug` redacts).
+
+use crate::model::{Change, Epoch, MemberId, Position, Role};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any change to the messages' encoding; peers with another
+/// version are refused in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first message each way: who is speaking and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub protocol: u16,
+    pub cluster: String,
+    pub member: MemberId,
+    pub role: Role,
+    pub epoch: Epoch,
+    /// On a passive: its applied position (the active streams from there).
+    /// On the active: its head.
+    pub position: Position,
+}
+
+impl Hello {
+    /// Why this hello must be refused, if it must: another protocol version,
+    /// another cluster, or a member name that is not the one its TLS
+    /// certificate proves. The reason is meant for the `Refuse` message and
+    /// the log.
+    pub fn check(&self, expected_cluster: &str, peer_cert_name: &MemberId) -> Result<(), String> {
+        if self.protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "protocol version {} is not supported (this member speaks {PROTOCOL_VERSION})",
+                self.protocol
+            ));
+        }
+        if self.cluster != expected_cluster {
+            return Err(format!(
+                "cluster {:?} is not this cluster {expected_cluster:?}",
+                self.cluster
+            ));
+        }
+        if &self.member != peer_cert_name {
+            return Err(format!(
+                "member {:?} does not match its certificate's name {:?}",
+                self.member.as_str(),
+                peer_cert_name.as_str()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sent by the side that dialled (a passive dials the active and says where
+/// it is).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    Hello(Hello),
+    /// Everything up to `applied` is committed on the passive.
+    Ack {
+        applied: Position,
+    },
+    Heartbeat(Heartbeat),
+}
+
+/// Sent by the side that accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    Welcome(Hello),
+    /// The connection is refused; the reason is for the peer's log.
+    Refuse {
+        reason: String,
+    },
+    Batch(Batch),
+    Heartbeat(Heartbeat),
+}
+
+/// A run of changes in log order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    /// The passive may commit after applying this batch: its last change
+    /// ends an application transaction.
+    pub commit: bool,
+    /// The sender's log head when the batch was read (for lag).
+    pub head: Position,
+    /// Sender's wall clock, milliseconds since the Unix epoch (for lag).
+    pub sent_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub epoch: Epoch,
+    pub member: MemberId,
+    pub role: Role,
+    pub position: Position,
+    /// Sender's wall clock, milliseconds since the Unix epoch.
+    pub sent_at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: "prod".into(),
+            member: MemberId::new("b"),
+            role: Role::Passive,
+            epoch: Epoch(3),
+            position: Position::new(3, 41),
+        }
+    }
+
+    #[test]
+    fn a_matching_hello_passes() {
+        assert_eq!(hello().check("prod", &MemberId::new("b")), Ok(()));
+    }
+
+    #[test]
+    fn wrong_cluster_protocol_or_member_is_refused_with_a_reason() {
+        let mut h = hello();
+        h.cluster = "staging".into();
+        let r = h.check("prod", &MemberId::new("b")).unwrap_err();
+        assert!(r.contains("staging") && r.contains("prod"), "{r}");
+
+        let mut h = hello();
+        h.protocol = PROTOCOL_VERSION + 1;
+        let r = h.check("prod", &MemberId::new("b")).unwrap_err();
+        assert!(r.contains("protocol version"), "{r}");
+
+        let r = hello().check("prod", &MemberId::new("c")).unwrap_err();
+        assert!(r.contains("\"b\"") && r.contains("\"c\""), "{r}");
+        assert!(r.contains("certificate"), "{r}");
+    }
+}
