@@ -195,8 +195,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 bail!("--members needs at least one member id, e.g. --members a,b,w");
             }
             let report = understudy::certs::init_certs(&out, &ids, force)?;
-            for f in report.files() {
-                println!("wrote {}", f.display());
+            match report.ca {
+                understudy::certs::CaOutcome::Created => {
+                    println!("created cluster CA {}", report.ca_cert.display())
+                }
+                understudy::certs::CaOutcome::Reused => {
+                    println!("issued from the existing CA {}", report.ca_cert.display())
+                }
+            }
+            for m in &report.members {
+                println!("{}: {} {}", m.member, m.cert.display(), m.key.display());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -7,7 +7,7 @@
 //! Must never: run as a test.
 
 use super::capture::{BenchDb, params, write_rate};
-use super::{Backend, BenchArgs, percentile};
+use super::{BenchArgs, percentile};
 use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
 use crate::model::{ChangeOp, RowImage};

@@ -8,7 +8,7 @@
 use crate::model::{Position, Role};
 use crate::replication::shipper::{check_start, ship};
 use crate::replication::{NodeCtx, ReplicationError};
-use crate::store::{AnyStore, MemberStore};
+use crate::store::AnyStore;
 use crate::transport::TlsContext;
 use crate::wire::{ClientMsg, Hello, PROTOCOL_VERSION, ServerMsg};
 use crate::wire::{FrameReader, FrameWriter};

@@ -272,3 +272,11 @@ impl MemberStore for AnyStore {
         delegate!(self, s => s.oldest_seq().await)
     }
 }
+
+/// Create the database if needed (SQLite file and folders) and run `init`.
+pub async fn init_database(url: &DatabaseUrl, params: &InitParams) -> StoreResult<InitReport> {
+    match url {
+        DatabaseUrl::Sqlite(path) => sqlite::SqliteStore::create(path).await?.init(params).await,
+        DatabaseUrl::Postgres(u) => postgres::PgStore::connect(u).await?.init(params).await,
+    }
+}
