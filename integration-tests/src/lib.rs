@@ -1,1 +1,2 @@
 //! Test harness shared by the black-box tests.
+pub mod pg;
