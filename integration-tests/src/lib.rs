@@ -5,6 +5,8 @@
 //! Must never: rely on a server or process started by hand; leave a process
 //! running (clusters kill theirs on drop).
 
+pub mod pg;
+
 use std::path::PathBuf;
 use std::time::Duration;
 use understudy::config::DatabaseUrl;

@@ -1,0 +1,794 @@
+//! The PostgreSQL member database (tokio-postgres).
+//!
+//! Owns: the PostgreSQL side of [`MemberStore`]: capture through the staging
+//! table `us_capture`, the sequencer that moves committed staged rows into
+//! `us_changelog` in commit order, the apply path, the fence/lease state row,
+//! checksums and LISTEN/NOTIFY wake-ups.
+//! Must never: read changes from `us_capture` (rows there are not yet in
+//! commit order), put key content or a password into an error, or keep an
+//! apply transaction across a lost connection.
+//!
+//! Connections: `reader` (reads, state, checksums), `ctl` (state-row writes,
+//! the sequencer, trims), a dedicated apply connection (its transaction may
+//! stay open across calls, so nothing else may run on it) and the LISTEN
+//! connection. Each reconnects on the next call after the server went away.
+
+mod conn;
+pub mod schema;
+
+pub use schema::{LATEST as SCHEMA_VERSION, MIGRATIONS, Migration};
+
+use super::checksum::TableHasher;
+use super::*;
+use crate::model::{
+    Change, ChangeOp, Entity, Epoch, JobRow, KeyRow, MemberId, Position, ProjectRow, Role,
+    RowImage, Secret,
+};
+use conn::{ClientSlot, Listener, query_error};
+use futures_util::{TryStreamExt, pin_mut};
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+
+const OP_UPSERT: i16 = 1;
+const OP_DELETE: i16 = 2;
+
+/// The image columns shared by `us_capture`, `us_changelog` and
+/// `us_divergence` (mapping in `schemas/postgres/0001_tables.sql`).
+const IMAGE_COLS: &str = "t1, t2, t3, t4, t5, t6, t7, f1, f2, content, updated_at";
+
+/// The database clock in ms since the Unix epoch, as SQL.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// A PostgreSQL member database.
+pub struct PgStore {
+    url: String,
+    reader: ClientSlot,
+    ctl: ClientSlot,
+    // Boxed: the prepared statements make it large and `AnyStore` holds
+    // a `PgStore` inline.
+    apply: Box<Mutex<ApplyConn>>,
+    listener: Listener,
+}
+
+/// The apply connection and its possibly open transaction.
+struct ApplyConn {
+    conn: Option<(Client, ApplyStmts)>,
+    /// `Some(applied)` while a transaction is open: the position reached in it.
+    open: Option<Position>,
+}
+
+struct ApplyStmts {
+    up: [Statement; 3],
+    del: [Statement; 3],
+}
+
+fn entity_index(e: Entity) -> usize {
+    match e {
+        Entity::Project => 0,
+        Entity::Job => 1,
+        Entity::Key => 2,
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
+}
+
+fn to_u64(v: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what} {v}")))
+}
+
+impl PgStore {
+    /// Connect without creating or changing anything. Fails with
+    /// `Unreachable` (password redacted) when the server cannot be reached.
+    pub async fn connect(url: &str) -> StoreResult<PgStore> {
+        let reader = conn::connect(url).await?;
+        let ctl = conn::connect(url).await?;
+        let listener = Listener::start(url).await?;
+        Ok(PgStore {
+            url: url.to_string(),
+            reader: ClientSlot::new(url, Some(reader)),
+            ctl: ClientSlot::new(url, Some(ctl)),
+            apply: Box::new(Mutex::new(ApplyConn {
+                conn: None,
+                open: None,
+            })),
+            listener,
+        })
+    }
+
+    /// The URL with its password hidden, for messages.
+    pub fn redacted_url(&self) -> String {
+        crate::config::redact_url(&self.url)
+    }
+
+    fn err(&self, e: &tokio_postgres::Error) -> StoreError {
+        query_error(&self.url, e)
+    }
+
+    async fn ctl_execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
+        let c = self.ctl.get().await?;
+        c.execute(sql, params).await.map_err(|e| self.err(&e))
+    }
+
+    /// Update the single state row; a missing row means `init` never ran.
+    async fn update_state(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<()> {
+        match self.ctl_execute(sql, params).await? {
+            0 => Err(StoreError::NotInitialised {
+                url: self.redacted_url(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn prepare_apply(client: &Client) -> Result<ApplyStmts, tokio_postgres::Error> {
+        let up_project = client
+            .prepare(
+                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, t1, t2, updated_at) \
+                            VALUES ($1, $2, 1, 1, $3, $4, $5, $6)) \
+                 INSERT INTO projects (name, description, config, updated_at) VALUES ($3, $4, $5, $6) \
+                 ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, \
+                     config = EXCLUDED.config, updated_at = EXCLUDED.updated_at",
+            )
+            .await?;
+        let up_job = client
+            .prepare(
+                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, \
+                                t1, t2, t3, t4, t5, t6, t7, f1, f2, updated_at) \
+                            VALUES ($1, $2, 2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)) \
+                 INSERT INTO jobs (id, project, name, group_path, description, definition, schedule, \
+                                   owner_member, schedule_enabled, execution_enabled, updated_at) \
+                 VALUES ($3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name, \
+                     group_path = EXCLUDED.group_path, description = EXCLUDED.description, \
+                     definition = EXCLUDED.definition, schedule = EXCLUDED.schedule, \
+                     owner_member = EXCLUDED.owner_member, schedule_enabled = EXCLUDED.schedule_enabled, \
+                     execution_enabled = EXCLUDED.execution_enabled, updated_at = EXCLUDED.updated_at",
+            )
+            .await?;
+        let up_key = client
+            .prepare(
+                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, t1, t2, content, updated_at) \
+                            VALUES ($1, $2, 3, 1, $3, $4, $5, $6, $7)) \
+                 INSERT INTO keys (path, kind, meta, content, updated_at) VALUES ($3, $4, $5, $6, $7) \
+                 ON CONFLICT (path) DO UPDATE SET kind = EXCLUDED.kind, meta = EXCLUDED.meta, \
+                     content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
+            )
+            .await?;
+        let del = |entity: i16, table: &str, pk: &str| {
+            format!(
+                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key) \
+                            VALUES ($1, $2, {entity}, {OP_DELETE}, $3)) \
+                 DELETE FROM {table} WHERE {pk} = $3"
+            )
+        };
+        let del_project = client.prepare(&del(1, "projects", "name")).await?;
+        let del_job = client.prepare(&del(2, "jobs", "id")).await?;
+        let del_key = client.prepare(&del(3, "keys", "path")).await?;
+        Ok(ApplyStmts {
+            up: [up_project, up_job, up_key],
+            del: [del_project, del_job, del_key],
+        })
+    }
+
+    /// Run one batch of changes inside the open apply transaction. Statements
+    /// are pipelined (sent back to back, answers read after), in order.
+    async fn apply_batch(
+        client: &Client,
+        stmts: &ApplyStmts,
+        todo: &[&Change],
+    ) -> Result<(), tokio_postgres::Error> {
+        // Owned parameter values first, so the futures can borrow them.
+        let params: Vec<ApplyParams> = todo.iter().map(|c| ApplyParams::of(c)).collect();
+        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(ApplyParams::refs).collect();
+        let futs = todo.iter().zip(&refs).map(|(c, p)| {
+            let stmt = match &c.op {
+                ChangeOp::Upsert(r) => &stmts.up[entity_index(r.entity())],
+                ChangeOp::Delete { entity, .. } => &stmts.del[entity_index(*entity)],
+            };
+            client.execute(stmt, p)
+        });
+        futures_util::future::try_join_all(futs).await?;
+        Ok(())
+    }
+
+    async fn rollback_quietly(client: &Client) {
+        // The transaction may already be gone with the connection.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+}
+
+/// Parameters of one apply statement, in the order of its prepared SQL.
+struct ApplyParams {
+    vals: Vec<Box<dyn ToSql + Sync + Send>>,
+}
+
+impl ApplyParams {
+    fn of(c: &Change) -> ApplyParams {
+        // Positions were range-checked before.
+        let seq = i64::try_from(c.pos.seq).unwrap_or(i64::MAX);
+        let epoch = i64::try_from(c.pos.epoch).unwrap_or(i64::MAX);
+        let mut vals: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(seq), Box::new(epoch)];
+        match &c.op {
+            ChangeOp::Upsert(RowImage::Project(p)) => {
+                vals.push(Box::new(p.name.clone()));
+                vals.push(Box::new(p.description.clone()));
+                vals.push(Box::new(p.config.clone()));
+                vals.push(Box::new(p.updated_at));
+            }
+            ChangeOp::Upsert(RowImage::Job(j)) => {
+                vals.push(Box::new(j.id.clone()));
+                vals.push(Box::new(j.project.clone()));
+                vals.push(Box::new(j.name.clone()));
+                vals.push(Box::new(j.group_path.clone()));
+                vals.push(Box::new(j.description.clone()));
+                vals.push(Box::new(j.definition.clone()));
+                vals.push(Box::new(j.schedule.clone()));
+                vals.push(Box::new(j.owner_member.clone()));
+                vals.push(Box::new(j.schedule_enabled));
+                vals.push(Box::new(j.execution_enabled));
+                vals.push(Box::new(j.updated_at));
+            }
+            ChangeOp::Upsert(RowImage::Key(k)) => {
+                vals.push(Box::new(k.path.clone()));
+                vals.push(Box::new(k.kind.clone()));
+                vals.push(Box::new(k.meta.clone()));
+                vals.push(Box::new(k.content.expose().to_vec()));
+                vals.push(Box::new(k.updated_at));
+            }
+            ChangeOp::Delete { key, .. } => vals.push(Box::new(key.clone())),
+        }
+        ApplyParams { vals }
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.vals
+            .iter()
+            .map(|v| v.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+/// Decode a change-log row: columns `seq, epoch, entity, op, key` then
+/// [`IMAGE_COLS`], starting at `base`.
+fn decode_change(r: &Row, base: usize) -> StoreResult<Change> {
+    let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("change log row: {e}"));
+    let seq: i64 = r.try_get(base).map_err(g)?;
+    let epoch: i64 = r.try_get(base + 1).map_err(g)?;
+    let entity_code: i16 = r.try_get(base + 2).map_err(g)?;
+    let op: i16 = r.try_get(base + 3).map_err(g)?;
+    let key: String = r.try_get(base + 4).map_err(g)?;
+    let pos = Position::new(to_u64(epoch, "epoch")?, to_u64(seq, "seq")?);
+    let entity = Entity::from_code(i64::from(entity_code)).ok_or_else(|| {
+        StoreError::Corrupt(format!("change {pos}: unknown entity {entity_code}"))
+    })?;
+    let t = |i: usize| -> StoreResult<Option<String>> { r.try_get(base + 4 + i).map_err(g) };
+    let need = |v: Option<String>, what: &str| {
+        v.ok_or_else(|| StoreError::Corrupt(format!("change {pos}: {what} is missing")))
+    };
+    let op = match op {
+        OP_DELETE => ChangeOp::Delete { entity, key },
+        OP_UPSERT => {
+            let f1: Option<bool> = r.try_get(base + 12).map_err(g)?;
+            let f2: Option<bool> = r.try_get(base + 13).map_err(g)?;
+            let content: Option<Vec<u8>> = r.try_get(base + 14).map_err(g)?;
+            let updated_at: Option<i64> = r.try_get(base + 15).map_err(g)?;
+            let updated_at = updated_at.ok_or_else(|| {
+                StoreError::Corrupt(format!("change {pos}: updated_at is missing"))
+            })?;
+            ChangeOp::Upsert(match entity {
+                Entity::Project => RowImage::Project(ProjectRow {
+                    name: key,
+                    description: t(1)?,
+                    config: t(2)?,
+                    updated_at,
+                }),
+                Entity::Job => RowImage::Job(JobRow {
+                    id: key,
+                    project: need(t(1)?, "project")?,
+                    name: need(t(2)?, "name")?,
+                    group_path: t(3)?,
+                    description: t(4)?,
+                    definition: t(5)?,
+                    schedule: t(6)?,
+                    owner_member: t(7)?,
+                    schedule_enabled: f1.unwrap_or(true),
+                    execution_enabled: f2.unwrap_or(true),
+                    updated_at,
+                }),
+                Entity::Key => RowImage::Key(KeyRow {
+                    path: key,
+                    kind: need(t(1)?, "kind")?,
+                    meta: t(2)?,
+                    content: Secret(content.ok_or_else(|| {
+                        StoreError::Corrupt(format!("change {pos}: key content is missing"))
+                    })?),
+                    updated_at,
+                }),
+            })
+        }
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "change {pos}: unknown op {other}"
+            )));
+        }
+    };
+    Ok(Change { pos, op })
+}
+
+fn role_of(s: &str) -> StoreResult<Role> {
+    Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown role {s:?}")))
+}
+
+impl MemberStore for PgStore {
+    async fn init(&self, params: &InitParams) -> StoreResult<InitReport> {
+        schema::init(&self.url, params).await
+    }
+
+    async fn check_schema(&self) -> StoreResult<()> {
+        let c = self.reader.get().await?;
+        schema::check(&*c, &self.url).await
+    }
+
+    async fn state(&self) -> StoreResult<ReplicationState> {
+        let c = self.reader.get().await?;
+        let row = c
+            .query_opt(
+                "SELECT cluster, member, role, epoch, active, pos_epoch, pos_seq, lease_until, \
+                        vote_epoch, vote_candidate, paused \
+                 FROM us_state WHERE id = 1",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .ok_or_else(|| StoreError::NotInitialised {
+                url: self.redacted_url(),
+            })?;
+        let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("us_state: {e}"));
+        let role: String = row.try_get(2).map_err(g)?;
+        let active: Option<String> = row.try_get(4).map_err(g)?;
+        let vote_epoch: Option<i64> = row.try_get(8).map_err(g)?;
+        let vote_candidate: Option<String> = row.try_get(9).map_err(g)?;
+        let vote = match (vote_epoch, vote_candidate) {
+            (Some(e), Some(c)) => Some(Vote {
+                epoch: Epoch(to_u64(e, "vote epoch")?),
+                candidate: MemberId(c),
+            }),
+            _ => None,
+        };
+        Ok(ReplicationState {
+            cluster: row.try_get(0).map_err(g)?,
+            member: MemberId(row.try_get(1).map_err(g)?),
+            role: role_of(&role)?,
+            epoch: Epoch(to_u64(row.try_get(3).map_err(g)?, "epoch")?),
+            active: active.map(MemberId),
+            position: Position::new(
+                to_u64(row.try_get(5).map_err(g)?, "position epoch")?,
+                to_u64(row.try_get(6).map_err(g)?, "position seq")?,
+            ),
+            lease_until_ms: row.try_get(7).map_err(g)?,
+            vote,
+            paused: row.try_get(10).map_err(g)?,
+        })
+    }
+
+    /// One round trip, one implicit transaction: lock the state row (so
+    /// sequencers of this database run one after another), then move every
+    /// committed staged row in a single statement. That statement's snapshot
+    /// is taken after the lock, so it sees every earlier move and exactly the
+    /// transactions committed before it: whole transactions, in commit order
+    /// relative to every other move.
+    async fn sequence(&self) -> StoreResult<u64> {
+        let sql = format!(
+            "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
+             WITH b AS ( \
+                 SELECT greatest(s.pos_seq, coalesce((SELECT max(seq) FROM us_changelog), 0)) AS seq, \
+                        greatest(s.pos_epoch, coalesce((SELECT epoch FROM us_changelog \
+                                                        ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
+                 FROM us_state s WHERE s.id = 1), \
+             moved AS (DELETE FROM us_capture RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
+             ins AS ( \
+                 INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \
+                 SELECT b.seq + row_number() OVER (ORDER BY m.id), \
+                        greatest(b.epoch, max(m.epoch) OVER (ORDER BY m.id ROWS UNBOUNDED PRECEDING)), \
+                        m.entity, m.op, m.key, {IMAGE_COLS} \
+                 FROM moved m CROSS JOIN b \
+                 RETURNING seq, epoch) \
+             UPDATE us_state SET pos_seq = t.seq, pos_epoch = t.epoch \
+             FROM (SELECT max(seq) AS seq, max(epoch) AS epoch, count(*) AS n FROM ins) t \
+             WHERE us_state.id = 1 AND t.n > 0 \
+             RETURNING t.n"
+        );
+        let c = self.ctl.get().await?;
+        let msgs = c.simple_query(&sql).await.map_err(|e| self.err(&e))?;
+        let mut locked = false;
+        let mut moved = 0u64;
+        for m in &msgs {
+            if let SimpleQueryMessage::Row(r) = m {
+                match r.columns().first().map(|c| c.name()) {
+                    Some("n") => {
+                        let n = r.get(0).unwrap_or("0");
+                        moved = n
+                            .parse()
+                            .map_err(|_| StoreError::Corrupt(format!("sequenced count {n:?}")))?;
+                    }
+                    _ => locked = true,
+                }
+            }
+        }
+        if !locked {
+            return Err(StoreError::NotInitialised {
+                url: self.redacted_url(),
+            });
+        }
+        Ok(moved)
+    }
+
+    async fn read_changes(
+        &self,
+        after_seq: u64,
+        max_changes: usize,
+        max_bytes: usize,
+    ) -> StoreResult<ChangeRead> {
+        let after = to_i64(after_seq, "seq")?;
+        let limit = i64::try_from(max_changes).unwrap_or(i64::MAX);
+        let c = self.reader.get().await?;
+        // The head and the rows come from one statement, hence one snapshot.
+        let sql = format!(
+            "WITH h AS (SELECT max(seq) AS head FROM us_changelog) \
+             SELECT h.head, c.seq, c.epoch, c.entity, c.op, c.key, {cols} \
+             FROM h LEFT JOIN LATERAL ( \
+                 SELECT * FROM us_changelog WHERE seq > $1 ORDER BY seq LIMIT $2) c ON true \
+             ORDER BY c.seq",
+            cols = IMAGE_COLS
+                .split(", ")
+                .map(|c| format!("c.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = c
+            .query(&sql, &[&after, &limit])
+            .await
+            .map_err(|e| self.err(&e))?;
+        let mut head: Option<i64> = None;
+        let mut changes = Vec::new();
+        let mut bytes = 0usize;
+        for r in &rows {
+            head = r
+                .try_get(0)
+                .map_err(|e| StoreError::Corrupt(format!("change log head: {e}")))?;
+            let seq: Option<i64> = r
+                .try_get(1)
+                .map_err(|e| StoreError::Corrupt(format!("change log row: {e}")))?;
+            if seq.is_none() {
+                break;
+            }
+            let ch = decode_change(r, 1)?;
+            let size = ch.approx_bytes();
+            if !changes.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            changes.push(ch);
+        }
+        let head = head.map(|h| to_u64(h, "seq")).transpose()?.unwrap_or(0);
+        let at_head = match changes.last() {
+            Some(last) => last.pos.seq >= head,
+            None => after_seq >= head,
+        };
+        Ok(ChangeRead { changes, at_head })
+    }
+
+    async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
+        let mut a = self.apply.lock().await;
+        let a = &mut *a;
+        if a.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            a.conn = None;
+            if a.open.take().is_some() {
+                return Err(StoreError::Unreachable {
+                    url: self.redacted_url(),
+                    reason: "the connection closed with an apply transaction open; \
+                             its changes were rolled back"
+                        .into(),
+                });
+            }
+        }
+        if a.conn.is_none() {
+            let client = conn::connect(&self.url).await?;
+            let stmts = Self::prepare_apply(&client)
+                .await
+                .map_err(|e| self.err(&e))?;
+            a.conn = Some((client, stmts));
+        }
+        let Some((client, stmts)) = a.conn.as_ref() else {
+            return Err(StoreError::Backend("apply connection missing".into()));
+        };
+        // Start (or continue) the transaction and learn the applied position.
+        let (applied, fresh) = match a.open {
+            Some(p) => (p, false),
+            None => {
+                client
+                    .batch_execute("BEGIN; SET LOCAL understudy.applying = 'on'")
+                    .await
+                    .map_err(|e| self.err(&e))?;
+                let row = match client
+                    .query_opt("SELECT pos_epoch, pos_seq FROM us_state WHERE id = 1", &[])
+                    .await
+                {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        Self::rollback_quietly(client).await;
+                        return Err(StoreError::NotInitialised {
+                            url: self.redacted_url(),
+                        });
+                    }
+                    Err(e) => {
+                        Self::rollback_quietly(client).await;
+                        return Err(self.err(&e));
+                    }
+                };
+                let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("us_state: {e}"));
+                let p = Position::new(
+                    to_u64(row.try_get(0).map_err(g)?, "epoch")?,
+                    to_u64(row.try_get(1).map_err(g)?, "seq")?,
+                );
+                (p, true)
+            }
+        };
+        // Check the whole batch before touching anything: an out-of-order
+        // batch leaves the transaction as it was.
+        let mut reached = applied;
+        let mut todo = Vec::with_capacity(changes.len());
+        for ch in changes {
+            if ch.pos <= reached {
+                continue;
+            }
+            if ch.pos.seq != reached.seq + 1 {
+                if fresh {
+                    Self::rollback_quietly(client).await;
+                }
+                return Err(StoreError::OutOfOrder {
+                    applied: reached,
+                    got: ch.pos,
+                });
+            }
+            to_i64(ch.pos.seq, "seq")?;
+            to_i64(ch.pos.epoch, "epoch")?;
+            reached = ch.pos;
+            todo.push(ch);
+        }
+        a.open = Some(applied);
+        if let Err(e) = Self::apply_batch(client, stmts, &todo).await {
+            Self::rollback_quietly(client).await;
+            a.open = None;
+            return Err(self.err(&e));
+        }
+        a.open = Some(reached);
+        if commit {
+            let (e, s) = (to_i64(reached.epoch, "epoch")?, to_i64(reached.seq, "seq")?);
+            let pos: [&(dyn ToSql + Sync); 2] = [&e, &s];
+            let upd = client.execute(
+                "UPDATE us_state SET pos_epoch = $1, pos_seq = $2 WHERE id = 1",
+                &pos,
+            );
+            let fin = client.batch_execute("COMMIT");
+            let (r1, r2) = futures_util::future::join(upd, fin).await;
+            a.open = None;
+            if let Err(e) = r1.and(r2) {
+                Self::rollback_quietly(client).await;
+                return Err(self.err(&e));
+            }
+        }
+        Ok(reached)
+    }
+
+    async fn abort_apply(&self) -> StoreResult<()> {
+        let mut a = self.apply.lock().await;
+        if a.open.take().is_some()
+            && let Some((client, _)) = a.conn.as_ref()
+        {
+            if client.is_closed() {
+                a.conn = None;
+                return Ok(());
+            }
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| self.err(&e))?;
+        }
+        Ok(())
+    }
+
+    async fn set_role(
+        &self,
+        role: Role,
+        epoch: Epoch,
+        active: Option<&MemberId>,
+    ) -> StoreResult<()> {
+        let e = to_i64(epoch.0, "epoch")?;
+        self.update_state(
+            "UPDATE us_state SET role = $1, epoch = $2, active = $3 WHERE id = 1",
+            &[&role.as_str(), &e, &active.map(MemberId::as_str)],
+        )
+        .await
+    }
+
+    async fn renew_lease(&self, lease: Duration) -> StoreResult<i64> {
+        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let c = self.ctl.get().await?;
+        let row = c
+            .query_opt(
+                &format!("UPDATE us_state SET lease_until = {NOW_MS} + $1 WHERE id = 1 RETURNING lease_until"),
+                &[&ms],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .ok_or_else(|| StoreError::NotInitialised {
+                url: self.redacted_url(),
+            })?;
+        row.try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("lease_until: {e}")))
+    }
+
+    async fn db_now_ms(&self) -> StoreResult<i64> {
+        let c = self.reader.get().await?;
+        let row = c
+            .query_one(&format!("SELECT {NOW_MS}"), &[])
+            .await
+            .map_err(|e| self.err(&e))?;
+        row.try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("clock: {e}")))
+    }
+
+    async fn record_vote(&self, vote: &Vote) -> StoreResult<()> {
+        let e = to_i64(vote.epoch.0, "epoch")?;
+        self.update_state(
+            "UPDATE us_state SET vote_epoch = $1, vote_candidate = $2 WHERE id = 1",
+            &[&e, &vote.candidate.as_str()],
+        )
+        .await
+    }
+
+    async fn set_paused(&self, paused: bool) -> StoreResult<()> {
+        self.update_state("UPDATE us_state SET paused = $1 WHERE id = 1", &[&paused])
+            .await
+    }
+
+    async fn record_epoch(&self, rec: &EpochRecord) -> StoreResult<()> {
+        let e = to_i64(rec.epoch.0, "epoch")?;
+        let se = to_i64(rec.start.epoch, "epoch")?;
+        let ss = to_i64(rec.start.seq, "seq")?;
+        self.ctl_execute(
+            "INSERT INTO us_epoch_history (epoch, active, start_epoch, start_seq, at_ms, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (epoch) DO UPDATE SET active = EXCLUDED.active, \
+                 start_epoch = EXCLUDED.start_epoch, start_seq = EXCLUDED.start_seq, \
+                 at_ms = EXCLUDED.at_ms, reason = EXCLUDED.reason",
+            &[&e, &rec.active.as_str(), &se, &ss, &rec.at_ms, &rec.reason],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>> {
+        let c = self.reader.get().await?;
+        let rows = c
+            .query(
+                "SELECT epoch, active, start_epoch, start_seq, at_ms, reason \
+                 FROM us_epoch_history ORDER BY epoch",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err(&e))?;
+        let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("us_epoch_history: {e}"));
+        rows.iter()
+            .map(|r| {
+                Ok(EpochRecord {
+                    epoch: Epoch(to_u64(r.try_get(0).map_err(g)?, "epoch")?),
+                    active: MemberId(r.try_get(1).map_err(g)?),
+                    start: Position::new(
+                        to_u64(r.try_get(2).map_err(g)?, "epoch")?,
+                        to_u64(r.try_get(3).map_err(g)?, "seq")?,
+                    ),
+                    at_ms: r.try_get(4).map_err(g)?,
+                    reason: r.try_get(5).map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
+        let c = self.reader.get().await?;
+        let mut out = Vec::with_capacity(3);
+        for entity in Entity::ALL {
+            let sql = match entity {
+                Entity::Project => "SELECT name, description, config, updated_at FROM projects",
+                Entity::Job => {
+                    "SELECT id, project, name, group_path, description, definition, schedule, \
+                            schedule_enabled, execution_enabled, owner_member, updated_at FROM jobs"
+                }
+                Entity::Key => "SELECT path, kind, content, meta, updated_at FROM keys",
+            };
+            let no_params: [&(dyn ToSql + Sync); 0] = [];
+            // Streamed: a big table is hashed row by row, never held whole.
+            let stream = c
+                .query_raw(sql, no_params)
+                .await
+                .map_err(|e| self.err(&e))?;
+            pin_mut!(stream);
+            let mut h = TableHasher::default();
+            while let Some(r) = stream.try_next().await.map_err(|e| self.err(&e))? {
+                h.add(&table_row(entity, &r)?);
+            }
+            out.push(TableChecksum {
+                table: entity.table().to_string(),
+                rows: h.rows(),
+                digest: h.digest(),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool> {
+        Ok(tokio::time::timeout(timeout, self.listener.wake.notified())
+            .await
+            .is_ok())
+    }
+
+    async fn trim_log(&self, upto_seq: u64) -> StoreResult<u64> {
+        let upto = to_i64(upto_seq, "seq")?;
+        self.ctl_execute(
+            "DELETE FROM us_changelog WHERE seq <= $1 \
+             AND seq < (SELECT max(seq) FROM us_changelog)",
+            &[&upto],
+        )
+        .await
+    }
+
+    async fn oldest_seq(&self) -> StoreResult<Option<u64>> {
+        let c = self.reader.get().await?;
+        let row = c
+            .query_one("SELECT min(seq) FROM us_changelog", &[])
+            .await
+            .map_err(|e| self.err(&e))?;
+        let v: Option<i64> = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("change log: {e}")))?;
+        v.map(|s| to_u64(s, "seq")).transpose()
+    }
+}
+
+/// An application-table row as the checksum's row image.
+fn table_row(entity: Entity, r: &Row) -> StoreResult<RowImage> {
+    let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("{}: {e}", entity.table()));
+    Ok(match entity {
+        Entity::Project => RowImage::Project(ProjectRow {
+            name: r.try_get(0).map_err(g)?,
+            description: r.try_get(1).map_err(g)?,
+            config: r.try_get(2).map_err(g)?,
+            updated_at: r.try_get(3).map_err(g)?,
+        }),
+        Entity::Job => RowImage::Job(JobRow {
+            id: r.try_get(0).map_err(g)?,
+            project: r.try_get(1).map_err(g)?,
+            name: r.try_get(2).map_err(g)?,
+            group_path: r.try_get(3).map_err(g)?,
+            description: r.try_get(4).map_err(g)?,
+            definition: r.try_get(5).map_err(g)?,
+            schedule: r.try_get(6).map_err(g)?,
+            schedule_enabled: r.try_get(7).map_err(g)?,
+            execution_enabled: r.try_get(8).map_err(g)?,
+            owner_member: r.try_get(9).map_err(g)?,
+            updated_at: r.try_get(10).map_err(g)?,
+        }),
+        Entity::Key => RowImage::Key(KeyRow {
+            path: r.try_get(0).map_err(g)?,
+            kind: r.try_get(1).map_err(g)?,
+            content: Secret(r.try_get(2).map_err(g)?),
+            meta: r.try_get(3).map_err(g)?,
+            updated_at: r.try_get(4).map_err(g)?,
+        }),
+    })
+}
