@@ -124,6 +124,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 
     let allowed = config.peers.iter().map(|p| p.member.clone()).collect();
     let tls = TlsContext::load(&config.tls, allowed)?;
+    // Certificates are reloaded when their files change; the watcher lives
+    // as long as the agent.
+    let _cert_watcher = tls.watch()?;
     let repl_listener = bind("replication", config.replication.listen).await?;
     let status_listener = bind("status", config.status.listen).await?;
     let node = Arc::new(NodeCtx::new(config.clone(), live.clone(), epoch));
@@ -179,7 +182,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     tracing::info!("shutting down");
     // Tasks watch the same signal; give them a moment to finish their batch.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("tasks did not stop within 5 s; aborting them");
     }
     if let Some(s) = &store

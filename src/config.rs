@@ -828,7 +828,10 @@ on_promote = "/usr/local/bin/start-scheduler"
             ("a.toml", include_str!("../config/a.toml")),
             ("b.toml", include_str!("../config/b.toml")),
             ("c.toml", include_str!("../config/c.toml")),
-            ("postgres-member.toml", include_str!("../config/postgres-member.toml")),
+            (
+                "postgres-member.toml",
+                include_str!("../config/postgres-member.toml"),
+            ),
         ] {
             let path = PathBuf::from("/srv/understudy").join(name);
             if let Err(e) = Config::parse(text, &path, &[]) {

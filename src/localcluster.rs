@@ -146,7 +146,13 @@ impl LocalCluster {
         for (i, m) in members.iter().enumerate() {
             let mut t = String::new();
             let o = &options;
-            let _ = writeln!(t, "cluster = {:?}\nmember = {:?}\ninitial_active = {:?}", o.cluster, m.id.as_str(), initial);
+            let _ = writeln!(
+                t,
+                "cluster = {:?}\nmember = {:?}\ninitial_active = {:?}",
+                o.cluster,
+                m.id.as_str(),
+                initial
+            );
             let _ = writeln!(t, "auto_failover = {}", o.auto_failover);
             if m.is_witness() {
                 let _ = writeln!(t, "witness = true");
@@ -164,7 +170,11 @@ impl LocalCluster {
                 "\n[replication]\nlisten = {:?}\nheartbeat_interval_ms = {}\nlease_timeout_ms = {}\nfailover_timeout_ms = {}\n{}",
                 m.replication, o.heartbeat_ms, o.lease_ms, o.failover_ms, o.extra_replication
             );
-            let _ = writeln!(t, "[status]\nlisten = {:?}\ntoken = {:?}\n", m.status, o.token);
+            let _ = writeln!(
+                t,
+                "[status]\nlisten = {:?}\ntoken = {:?}\n",
+                m.status, o.token
+            );
             let _ = writeln!(
                 t,
                 "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{0}.pem\"\nkey = \"certs/{0}.key\"\n",
@@ -246,7 +256,10 @@ impl LocalCluster {
             .arg("run")
             .arg("--config")
             .arg(&m.config)
-            .env("RUST_LOG", std::env::var("UNDERSTUDY_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("UNDERSTUDY_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -328,21 +341,32 @@ impl LocalCluster {
 
     /// Wait until every member with a database reports the same position as
     /// the active's head, and that head is at least `min_seq`.
-    pub async fn wait_converged(&self, active: &str, min_seq: u64, timeout: Duration) -> Result<(), ClusterError> {
-        self.wait_until(timeout, "all passives to reach the active's head", || async {
-            let Ok(a) = self.status(active).await else { return false };
-            let head = a["position"]["seq"].as_u64().unwrap_or(0);
-            if head < min_seq {
-                return false;
-            }
-            for m in self.members.iter().filter(|m| !m.is_witness()) {
-                match self.status(m.id.as_str()).await {
-                    Ok(s) if s["position"]["seq"].as_u64() == Some(head) => {}
-                    _ => return false,
+    pub async fn wait_converged(
+        &self,
+        active: &str,
+        min_seq: u64,
+        timeout: Duration,
+    ) -> Result<(), ClusterError> {
+        self.wait_until(
+            timeout,
+            "all passives to reach the active's head",
+            || async {
+                let Ok(a) = self.status(active).await else {
+                    return false;
+                };
+                let head = a["position"]["seq"].as_u64().unwrap_or(0);
+                if head < min_seq {
+                    return false;
                 }
-            }
-            true
-        })
+                for m in self.members.iter().filter(|m| !m.is_witness()) {
+                    match self.status(m.id.as_str()).await {
+                        Ok(s) if s["position"]["seq"].as_u64() == Some(head) => {}
+                        _ => return false,
+                    }
+                }
+                true
+            },
+        )
         .await
     }
 

@@ -9,7 +9,11 @@ use understudy::model::MemberId;
 use understudy::store::{AnyStore, InitParams, MemberStore};
 
 #[derive(Parser)]
-#[command(name = "understudy", version, about = "Replication and failover sidecar for clustered job schedulers")]
+#[command(
+    name = "understudy",
+    version,
+    about = "Replication and failover sidecar for clustered job schedulers"
+)]
 struct Cli {
     /// Log format on stderr: text or json. Filter with RUST_LOG (default info).
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
@@ -70,7 +74,10 @@ enum CertsCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -168,7 +175,9 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             let mut out = Vec::new();
             while left > 0 {
                 let read = store.read_changes(after, left.min(1000), 4 << 20).await?;
-                let Some(last) = read.changes.last() else { break };
+                let Some(last) = read.changes.last() else {
+                    break;
+                };
                 after = last.pos.seq;
                 left -= read.changes.len();
                 out.extend(read.changes);
@@ -184,11 +193,12 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Certs {
-            cmd: CertsCmd::Init {
-                out,
-                members,
-                force,
-            },
+            cmd:
+                CertsCmd::Init {
+                    out,
+                    members,
+                    force,
+                },
         } => {
             let ids: Vec<MemberId> = members.iter().map(MemberId::new).collect();
             if ids.is_empty() {
@@ -214,7 +224,10 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

@@ -133,7 +133,11 @@ impl Workload {
                 }
                 let kinds = ["password", "private", "public"];
                 AppOp::UpsertKey {
-                    path: format!("keys/project/p{}/k{}", self.rng.below(10), self.rng.below(500)),
+                    path: format!(
+                        "keys/project/p{}/k{}",
+                        self.rng.below(10),
+                        self.rng.below(500)
+                    ),
                     kind: kinds[self.rng.below(3) as usize],
                     content: crate::model::Secret(content),
                 }
@@ -152,22 +156,22 @@ impl Workload {
     }
 
     fn job_upsert(&mut self) -> AppOp {
-        let id = if self.jobs.len() < self.max_jobs && self.rng.below(2) == 0 || self.jobs.is_empty()
-        {
-            let id = format!(
-                "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                self.rng.next_u64() as u32,
-                self.rng.below(0x10000),
-                self.rng.below(0x1000),
-                self.rng.below(0x1000),
-                self.rng.next_u64() & 0xFFFF_FFFF_FFFF
-            );
-            self.jobs.push_back(id.clone());
-            id
-        } else {
-            let i = self.rng.below(self.jobs.len() as u64) as usize;
-            self.jobs[i].clone()
-        };
+        let id =
+            if self.jobs.len() < self.max_jobs && self.rng.below(2) == 0 || self.jobs.is_empty() {
+                let id = format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    self.rng.next_u64() as u32,
+                    self.rng.below(0x10000),
+                    self.rng.below(0x1000),
+                    self.rng.below(0x1000),
+                    self.rng.next_u64() & 0xFFFF_FFFF_FFFF
+                );
+                self.jobs.push_back(id.clone());
+                id
+            } else {
+                let i = self.rng.below(self.jobs.len() as u64) as usize;
+                self.jobs[i].clone()
+            };
         let project = project_name(self.rng.below(PROJECTS as u64) as usize);
         AppOp::UpsertJob {
             name: format!("job-{}", &id[..8]),
@@ -243,7 +247,9 @@ impl AppConn {
             DatabaseUrl::Postgres(u) => {
                 let (client, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| AppError(format!("connect {}: {e}", crate::config::redact_url(u))))?;
+                    .map_err(|e| {
+                        AppError(format!("connect {}: {e}", crate::config::redact_url(u)))
+                    })?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -268,7 +274,9 @@ impl AppConn {
             AppConn::Postgres(c) => {
                 let tx = c.transaction().await.map_err(|e| AppError(pg_msg(&e)))?;
                 for op in ops {
-                    pg_op(&tx, op, now).await.map_err(|e| AppError(pg_msg(&e)))?;
+                    pg_op(&tx, op, now)
+                        .await
+                        .map_err(|e| AppError(pg_msg(&e)))?;
                 }
                 tx.commit().await.map_err(|e| AppError(pg_msg(&e)))
             }
@@ -413,7 +421,8 @@ async fn pg_op(
             .await
         }
         AppOp::UpdateProjectConfig { name, config } => {
-            tx.execute(&pg_sql(UPDATE_CONFIG), &[name, config, &now]).await
+            tx.execute(&pg_sql(UPDATE_CONFIG), &[name, config, &now])
+                .await
         }
         AppOp::DeleteJob { id } => tx.execute(&pg_sql(DELETE_JOB), &[id]).await,
     }
@@ -431,7 +440,11 @@ mod tests {
         for _ in 0..n {
             match w.next_op() {
                 AppOp::UpsertJob { definition, .. } => {
-                    assert!((950..1200).contains(&definition.len()), "{}", definition.len());
+                    assert!(
+                        (950..1200).contains(&definition.len()),
+                        "{}",
+                        definition.len()
+                    );
                     jobs += 1
                 }
                 AppOp::UpsertKey { content, .. } => {

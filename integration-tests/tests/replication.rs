@@ -1,6 +1,7 @@
 //! Black-box replication tests: real `understudy run` processes on real
 //! databases, over mutual TLS on loopback.
 
+use integration_tests::pg::{TestDb, shared_server};
 use integration_tests::{change_log, checksums, seed, understudy_bin, wait_until, write_workload};
 use std::time::Duration;
 use understudy::config::DatabaseUrl;
@@ -14,9 +15,18 @@ fn sqlite(dir: &std::path::Path, id: &str) -> Option<DatabaseUrl> {
 fn three(dir: &std::path::Path, dbs: [Option<DatabaseUrl>; 3]) -> LocalCluster {
     let [a, b, c] = dbs;
     let specs = [
-        MemberSpec { id: "a".into(), database: a },
-        MemberSpec { id: "b".into(), database: b },
-        MemberSpec { id: "c".into(), database: c },
+        MemberSpec {
+            id: "a".into(),
+            database: a,
+        },
+        MemberSpec {
+            id: "b".into(),
+            database: b,
+        },
+        MemberSpec {
+            id: "c".into(),
+            database: c,
+        },
     ];
     let mut cl = LocalCluster::create(
         dir,
@@ -63,12 +73,43 @@ async fn converge(cl: &LocalCluster, what: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_to_sqlite_50k_mutations_identical() {
-    let seed = seed(3);
+#[derive(Clone, Copy, Debug)]
+enum B {
+    Sqlite,
+    Pg,
+}
+
+/// A member database of backend `b`; PostgreSQL databases live on the test
+/// server and are dropped with the returned guard.
+fn db(b: B, dir: &std::path::Path, id: &str, keep: &mut Vec<TestDb>) -> Option<DatabaseUrl> {
+    match b {
+        B::Sqlite => sqlite(dir, id),
+        B::Pg => {
+            let t = shared_server()
+                .expect("test PostgreSQL server")
+                .create_database(id)
+                .expect("test database");
+            let url = DatabaseUrl::Postgres(t.url.clone());
+            keep.push(t);
+            Some(url)
+        }
+    }
+}
+
+/// 1 active + 2 passives: 50,000 standard-workload mutations, then every
+/// member's tables and change log are identical to the active's.
+async fn fifty_thousand(active: B, passives: B, seed_default: u64) {
+    let seed = seed(seed_default);
+    eprintln!("active on {active:?}, passives on {passives:?}");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cl = three(d, [sqlite(d, "a"), sqlite(d, "b"), sqlite(d, "c")]);
+    let mut keep = Vec::new();
+    let dbs = [
+        db(active, d, "a", &mut keep),
+        db(passives, d, "b", &mut keep),
+        db(passives, d, "c", &mut keep),
+    ];
+    let cl = three(d, dbs);
     let url = cl.member("a").database.clone().unwrap();
     let mut w = Workload::new(seed);
     let mut app_setup = understudy::workload::AppConn::connect(&url).await.unwrap();
@@ -76,6 +117,26 @@ async fn sqlite_to_sqlite_50k_mutations_identical() {
     write_workload(&url, &mut w, 50_000, 10).await.unwrap();
     converge(&cl, "after 50,000 mutations").await;
     assert_identical(&cl).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_sqlite_50k_mutations_identical() {
+    fifty_thousand(B::Sqlite, B::Sqlite, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_postgres_50k_mutations_identical() {
+    fifty_thousand(B::Pg, B::Pg, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_postgres_50k_mutations_identical() {
+    fifty_thousand(B::Sqlite, B::Pg, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_sqlite_50k_mutations_identical() {
+    fifty_thousand(B::Pg, B::Sqlite, 6).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,9 +206,17 @@ async fn passive_status_reports_lag_and_position() {
     assert_eq!(b["lag"]["changes"], 0);
     let peers = a["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 2);
-    assert!(peers.iter().all(|p| p["connected"] == true && p["lag_changes"] == 0), "{a}");
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["connected"] == true && p["lag_changes"] == 0),
+        "{a}"
+    );
     wait_until(Duration::from_secs(5), "a heartbeat on b", || async {
-        cl.status("b").await.map(|s| s["last_heartbeat_ms"].as_u64().is_some_and(|ms| ms < 2000)).unwrap_or(false)
+        cl.status("b")
+            .await
+            .map(|s| s["last_heartbeat_ms"].as_u64().is_some_and(|ms| ms < 2000))
+            .unwrap_or(false)
     })
     .await
     .unwrap();

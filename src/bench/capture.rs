@@ -51,7 +51,9 @@ impl BenchDb {
                 let db = format!("understudy_bench_{name}_{}", std::process::id());
                 let admin = pg_admin(&server).await?;
                 admin
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"))
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
+                    ))
                     .await
                     .context("creating the bench database")?;
                 Ok(BenchDb {
@@ -121,7 +123,12 @@ async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
 
 /// Write `ops` operations of the standard workload in transactions of
 /// `tx_size`; returns mutations per second.
-pub(crate) async fn write_rate(url: &DatabaseUrl, ops: u64, tx_size: usize, seed: u64) -> Result<f64> {
+pub(crate) async fn write_rate(
+    url: &DatabaseUrl,
+    ops: u64,
+    tx_size: usize,
+    seed: u64,
+) -> Result<f64> {
     let mut app = AppConn::connect(url).await?;
     let mut w = Workload::new(seed);
     app.execute(&w.setup()).await?;
@@ -148,7 +155,10 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         crate::store::init_database(&off.url, &params()).await?;
         drop_triggers(&off.url).await?;
         // Alternate to spread any warm-up effect: off, on.
-        eprintln!("capture bench: {:?}, {} ops, {tx_size} per transaction", args.backend, args.ops);
+        eprintln!(
+            "capture bench: {:?}, {} ops, {tx_size} per transaction",
+            args.backend, args.ops
+        );
         let raw = write_rate(&off.url, args.ops, tx_size, args.seed).await?;
         let captured = write_rate(&on.url, args.ops, tx_size, args.seed).await?;
         on.drop_db().await;

@@ -41,8 +41,14 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         dir.path(),
         &bin,
         &[
-            MemberSpec { id: "a".into(), database: Some(db_a.url.clone()) },
-            MemberSpec { id: "b".into(), database: Some(db_b.url.clone()) },
+            MemberSpec {
+                id: "a".into(),
+                database: Some(db_a.url.clone()),
+            },
+            MemberSpec {
+                id: "b".into(),
+                database: Some(db_b.url.clone()),
+            },
         ],
         options,
     )?;
@@ -57,13 +63,21 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
 
     cluster.start_all()?;
     cluster
-        .wait_until(Duration::from_secs(30), "the passive to connect", || async {
-            cluster
-                .status("a")
-                .await
-                .map(|s| s["peers"].as_array().is_some_and(|p| p.iter().any(|p| p["connected"] == true)))
-                .unwrap_or(false)
-        })
+        .wait_until(
+            Duration::from_secs(30),
+            "the passive to connect",
+            || async {
+                cluster
+                    .status("a")
+                    .await
+                    .map(|s| {
+                        s["peers"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|p| p["connected"] == true))
+                    })
+                    .unwrap_or(false)
+            },
+        )
         .await?;
     let idle = (usage(&cluster, "a"), usage(&cluster, "b"));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -83,8 +97,12 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         done += n as u64;
     }
     let write_secs = started.elapsed().as_secs_f64();
-    let head = cluster.status("a").await?["position"]["seq"].as_u64().unwrap_or(0);
-    cluster.wait_converged("a", head, Duration::from_secs(600)).await?;
+    let head = cluster.status("a").await?["position"]["seq"]
+        .as_u64()
+        .unwrap_or(0);
+    cluster
+        .wait_converged("a", head, Duration::from_secs(600))
+        .await?;
     let e2e_secs = started.elapsed().as_secs_f64();
     let replicated_rate = done as f64 / e2e_secs;
     let busy = (usage(&cluster, "a"), usage(&cluster, "b"));
@@ -96,7 +114,9 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     sorted.sort_by(f64::total_cmp);
     let after = (usage(&cluster, "a"), usage(&cluster, "b"));
 
-    let cpu_pct = |a: u64, b: u64, secs: f64| ((b.saturating_sub(a)) as f64 / 10.0 / secs * 10.0).round() / 10.0;
+    let cpu_pct = |a: u64, b: u64, secs: f64| {
+        ((b.saturating_sub(a)) as f64 / 10.0 / secs * 10.0).round() / 10.0
+    };
     let doc = json!({
         "bench": "replication",
         "backend": format!("{:?}", args.backend).to_lowercase(),
@@ -187,4 +207,3 @@ async fn lag_run(
     stop.store(true, Ordering::Relaxed);
     monitor.await.context("lag monitor")?
 }
-

@@ -53,7 +53,10 @@ pub fn change_line(c: &Change) -> String {
     let detail = match &c.op {
         ChangeOp::Upsert(RowImage::Project(p)) => format!(
             "config={}",
-            p.config.as_deref().map(|s| shorten(s, 60)).unwrap_or_default()
+            p.config
+                .as_deref()
+                .map(|s| shorten(s, 60))
+                .unwrap_or_default()
         ),
         ChangeOp::Upsert(RowImage::Job(j)) => format!(
             "project={} name={} owner={}",

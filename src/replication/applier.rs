@@ -99,7 +99,11 @@ async fn session(
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
-        Err(_) => return Err(ReplicationError::Timeout("waiting for the active's welcome")),
+        Err(_) => {
+            return Err(ReplicationError::Timeout(
+                "waiting for the active's welcome",
+            ));
+        }
         Ok(Ok(Some(ServerMsg::Welcome(h)))) => {
             node.live.heard_active(h.position, Instant::now());
             node.live.peer_connected(active, h.role, h.position, true);

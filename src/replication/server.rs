@@ -72,7 +72,11 @@ async fn handle(
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
         Err(_) => return Err(ReplicationError::Timeout("waiting for the peer's hello")),
         Ok(Ok(Some(ClientMsg::Hello(h)))) => h,
-        Ok(Ok(Some(_))) => return Err(ReplicationError::Peer(format!("{peer} spoke before its hello"))),
+        Ok(Ok(Some(_))) => {
+            return Err(ReplicationError::Peer(format!(
+                "{peer} spoke before its hello"
+            )));
+        }
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) => return Err(e.into()),
     };
@@ -82,11 +86,17 @@ async fn handle(
     let my_role = node.live.read(|s| s.role);
     let Some(store) = store.filter(|_| my_role == Role::Active) else {
         let active = node.live.read(|s| s.active.clone());
-        return refuse(&mut writer, &peer, format!(
-            "member {} is {my_role}, not the active; the active member is {}",
-            node.member,
-            active.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
-        ))
+        return refuse(
+            &mut writer,
+            &peer,
+            format!(
+                "member {} is {my_role}, not the active; the active member is {}",
+                node.member,
+                active
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            ),
+        )
         .await;
     };
     if hello.role != Role::Witness

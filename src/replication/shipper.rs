@@ -22,7 +22,10 @@ use tokio::sync::watch;
 
 /// Check where a passive says it is against this member's log, before
 /// welcoming it. Returns the refusal reason, if any.
-pub async fn check_start(store: &AnyStore, from: Position) -> Result<Option<String>, ReplicationError> {
+pub async fn check_start(
+    store: &AnyStore,
+    from: Position,
+) -> Result<Option<String>, ReplicationError> {
     let head = store.state().await?.position;
     if from.seq > head.seq {
         return Ok(Some(format!(

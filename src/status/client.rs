@@ -36,10 +36,12 @@ pub async fn request(
     timeout: Duration,
 ) -> Result<HttpResponse, HttpError> {
     let fut = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| HttpError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| HttpError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
         let body = body.unwrap_or("");
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -61,10 +63,15 @@ pub async fn request(
             .nth(1)
             .and_then(|c| c.parse().ok())
             .ok_or_else(malformed)?;
-        let chunked = head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
-        let body = if chunked { dechunk(rest) } else { rest.to_string() };
+        let chunked = head.lines().any(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("transfer-encoding: chunked")
+        });
+        let body = if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         Ok(HttpResponse { code, body })
     };
     tokio::time::timeout(timeout, fut)
@@ -78,7 +85,9 @@ pub async fn request(
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((len, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }

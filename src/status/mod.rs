@@ -39,7 +39,10 @@ pub async fn serve(listener: TcpListener, live: Arc<Live>, mut shutdown: watch::
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "status endpoint stopped");
     }
 }
