@@ -6,7 +6,7 @@
 //! transport drops it first), or let one bad connection affect another.
 
 use crate::model::{Position, Role};
-use crate::replication::shipper::{check_start, ship};
+use crate::replication::shipper::{Subscriber, check_start, ship};
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::AnyStore;
 use crate::transport::TlsContext;
@@ -117,9 +117,11 @@ async fn handle(
     ship(
         node,
         store,
-        peer,
-        hello.role,
-        hello.position,
+        Subscriber {
+            member: peer,
+            role: hello.role,
+            from: hello.position,
+        },
         reader,
         writer,
         head_rx,

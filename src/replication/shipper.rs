@@ -55,13 +55,19 @@ pub async fn check_start(
     }
 }
 
+/// Who is being streamed to, and from where (as its hello said).
+#[derive(Clone, Debug)]
+pub struct Subscriber {
+    pub member: MemberId,
+    pub role: Role,
+    pub from: Position,
+}
+
 /// Stream to one passive until the connection ends or `shutdown` fires.
 pub async fn ship<R, W>(
     node: Arc<NodeCtx>,
     store: Arc<AnyStore>,
-    peer: MemberId,
-    peer_role: Role,
-    from: Position,
+    sub: Subscriber,
     mut reader: FrameReader<R, ClientMsg>,
     mut writer: FrameWriter<W, ServerMsg>,
     mut head_rx: watch::Receiver<Position>,
@@ -71,6 +77,11 @@ where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send,
 {
+    let Subscriber {
+        member: peer,
+        role: peer_role,
+        from,
+    } = sub;
     let live: Arc<Live> = node.live.clone();
     live.peer_connected(&peer, peer_role, from, true);
     // Acks and heartbeats from the passive arrive on their own task so that a
