@@ -99,6 +99,13 @@ impl TlsContext {
         Ok(true)
     }
 
+    /// Whether the configuration in use was built from the files as they
+    /// are now on disk (false after a failed or not yet run reload), for
+    /// status pages and tests.
+    pub fn is_current(&self) -> Result<bool, TransportError> {
+        Ok(CertFiles::read(&self.paths)?.fingerprint() == self.configs().fingerprint)
+    }
+
     fn configs(&self) -> Arc<TlsConfigs> {
         self.current
             .read()

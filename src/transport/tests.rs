@@ -320,6 +320,7 @@ async fn a_reload_that_fails_keeps_the_working_certificates() {
     let a = ctx(dir.path(), "a", &["b"]);
     let b = ctx(dir.path(), "b", &["a"]);
     assert!(!a.reload().unwrap(), "unchanged files: nothing to do");
+    assert!(a.is_current().unwrap());
 
     // A half-written key.
     let key = member_key_path(dir.path(), &id("a"));
@@ -334,6 +335,7 @@ async fn a_reload_that_fails_keeps_the_working_certificates() {
     let err = a.reload().unwrap_err();
     assert!(matches!(err, TransportError::Config { .. }), "{err}");
     assert_eq!(a.generation(), 0);
+    assert!(!a.is_current().unwrap());
 
     let (l, addr) = listener().await;
     let acc = accept_one(&a, l);
@@ -355,8 +357,10 @@ async fn regenerated_certificates_are_used_by_new_connections_without_a_restart(
 
     // A new CA and new member files, replaced in place by renames.
     init_certs(dir.path(), &ids(&["a", "b"]), true).unwrap();
+    // Wait for the watcher to have loaded the final files (a reload may
+    // also have caught the burst half-way).
     let deadline = Instant::now() + Duration::from_secs(15);
-    while a.generation() == 0 {
+    while a.generation() == 0 || !a.is_current().unwrap() {
         assert!(
             Instant::now() < deadline,
             "no reload within 15 s of the files changing"
