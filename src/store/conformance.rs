@@ -557,10 +557,11 @@ pub async fn apply_reproduces_without_echo<B: Backend>(b: &B) {
     let (adb, a) = active(b).await;
     seed(b, &adb).await;
     exec(b, &adb, "DELETE FROM projects WHERE name = 'p2'").await;
+    exec(b, &adb, "INSERT INTO projects(name) VALUES ('p3')").await;
     exec(
         b,
         &adb,
-        "UPDATE projects SET name = 'p1x' WHERE name = 'p1'",
+        "UPDATE projects SET name = 'p3x' WHERE name = 'p3'",
     )
     .await;
     let src = all_changes(&a).await;

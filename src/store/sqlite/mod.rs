@@ -1,0 +1,737 @@
+//! The SQLite member database (rusqlite, bundled): the embedded default.
+//!
+//! Owns: connections to one member's SQLite file (one writer for apply, role
+//! and lease; one reader for reads, state and checksums, so an open apply
+//! transaction is invisible to reads; one probe for commit wake-ups), the
+//! apply transaction, and the [`MemberStore`] contract for SQLite.
+//! Must never: hold a read transaction open while waiting (it would starve
+//! WAL checkpoints), run blocking SQLite calls on an async worker thread, or
+//! put key content into an error.
+//!
+//! Capture and fencing live in the database itself (triggers, see
+//! `schemas/sqlite/` and [`schema`]), so they hold for every writer, not only
+//! for this process.
+
+mod rows;
+mod schema;
+mod wake;
+
+#[cfg(test)]
+mod tests;
+
+use super::checksum::TableHasher;
+use super::{
+    ChangeRead, EpochRecord, InitParams, InitReport, MemberStore, ReplicationState, StoreError,
+    StoreResult, TableChecksum, Vote,
+};
+use crate::model::{Change, Entity, Epoch, MemberId, Position, Role};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// SQL for "now" in the database's clock: integer ms since the Unix epoch.
+/// (`unixepoch('subsec')` would need SQLite 3.42; this works in older shells.)
+pub(super) const fn now_ms_sql() -> &'static str {
+    "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)"
+}
+
+/// A database error as a store error. SQLite's messages name tables and
+/// constraints, never values, so they carry no key content.
+pub(super) fn err(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// How long a connection waits for another writer's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The writer connection and the apply transaction it may hold open.
+struct Writer {
+    conn: Connection,
+    /// `Some(applied position so far)` while an apply transaction is open.
+    apply: Option<Position>,
+}
+
+impl Writer {
+    /// Roll back an open apply transaction: a state change must commit on its
+    /// own (a vote or a lease must be durable at once), never ride along with
+    /// half-received changes. The applier resumes from the committed position.
+    fn end_apply(&mut self, why: &str) {
+        if self.apply.take().is_some() {
+            tracing::warn!(reason = why, "rolling back an open apply transaction");
+        }
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rollback of the apply transaction failed");
+        }
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    url: String,
+    writer: Mutex<Writer>,
+    reader: Mutex<Connection>,
+    waiter: wake::CommitWaiter,
+}
+
+/// One member's SQLite database. Cheap to share by reference; all blocking
+/// work runs on tokio's blocking pool.
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn url_of(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn connect(path: &Path, url: &str, create: bool) -> StoreResult<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let unreachable = |reason: String| StoreError::Unreachable {
+        url: url.to_string(),
+        reason,
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| unreachable(e.to_string()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| unreachable(e.to_string()))?;
+    // NORMAL is durable across application crashes in WAL mode and loses at
+    // most the last commits on power loss, which replication covers.
+    // Foreign keys stay off: the apply path must reproduce exactly what the
+    // active holds (its writers may not enforce them), and the project
+    // cascade is a trigger that works either way.
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open an existing member database (nothing is created or changed).
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, false))
+            .await
+            .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
+    }
+
+    /// Open the database, creating the file and its parent folders when
+    /// missing: the path `understudy init` takes.
+    pub async fn create(path: &Path) -> StoreResult<SqliteStore> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, true))
+            .await
+            .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn open_blocking(path: PathBuf, create: bool) -> StoreResult<SqliteStore> {
+        let url = url_of(&path);
+        if create {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreachable {
+                    url: url.clone(),
+                    reason: format!("cannot create the folder {}: {e}", dir.display()),
+                })?;
+            }
+        } else {
+            match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => {
+                    return Err(StoreError::Unreachable {
+                        url,
+                        reason: "the path is not a regular file".into(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::NotInitialised { url });
+                }
+                Err(e) => {
+                    return Err(StoreError::Unreachable {
+                        url,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        let writer = connect(&path, &url, create)?;
+        let reader = connect(&path, &url, false)?;
+        // The reader only reads: make an accidental write fail loudly.
+        reader
+            .execute_batch("PRAGMA query_only = ON")
+            .map_err(err)?;
+        let probe = connect(&path, &url, false)?;
+        let waiter = wake::CommitWaiter::new(&path, probe)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                url,
+                writer: Mutex::new(Writer {
+                    conn: writer,
+                    apply: None,
+                }),
+                reader: Mutex::new(reader),
+                waiter,
+            }),
+        })
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("database task failed: {e}")))?
+    }
+
+    async fn with_writer<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer, &str) -> StoreResult<T> + Send + 'static,
+    {
+        self.blocking(move |inner| {
+            let mut w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            f(&mut w, &inner.url)
+        })
+        .await
+    }
+
+    async fn with_reader<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> StoreResult<T> + Send + 'static,
+    {
+        self.blocking(move |inner| {
+            let r = inner
+                .reader
+                .lock()
+                .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
+            f(&r, &inner.url)
+        })
+        .await
+    }
+
+    /// `init` stopping at schema version `upto` (tests of upgrades).
+    async fn init_upto(&self, params: &InitParams, upto: u32) -> StoreResult<InitReport> {
+        let p = params.clone();
+        self.with_writer(move |w, url| {
+            w.end_apply("init");
+            schema::init(&w.conn, url, &p, upto)
+        })
+        .await
+    }
+
+    /// Run a short state change in its own write transaction.
+    async fn state_write<T, F>(&self, what: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.with_writer(move |w, url| {
+            w.end_apply(what);
+            let run = || -> rusqlite::Result<T> {
+                w.conn.execute_batch("BEGIN IMMEDIATE")?;
+                let out = f(&w.conn)?;
+                w.conn.execute_batch("COMMIT")?;
+                Ok(out)
+            };
+            run().map_err(|e| {
+                if !w.conn.is_autocommit() {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                }
+                not_initialised_or(e, url)
+            })
+        })
+        .await
+    }
+}
+
+/// "no such table" on one of ours means `init` has not run.
+fn not_initialised_or(e: rusqlite::Error, url: &str) -> StoreError {
+    let s = e.to_string();
+    if s.contains("no such table: us_") || s.contains("no such table: main.us_") {
+        StoreError::NotInitialised {
+            url: url.to_string(),
+        }
+    } else {
+        err(e)
+    }
+}
+
+fn u64_of(v: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} is negative ({v})")))
+}
+
+fn i64_of(v: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
+}
+
+/// The member's position as seen by `conn`: the change log's newest entry,
+/// or the recorded position when the log holds nothing newer (an empty log
+/// after a snapshot, or a fresh member).
+fn position(conn: &Connection) -> StoreResult<Position> {
+    let (pe, ps, le, ls): (i64, i64, Option<i64>, Option<i64>) = conn
+        .query_row(
+            "SELECT pos_epoch, pos_seq,
+                    (SELECT epoch FROM us_changelog ORDER BY seq DESC LIMIT 1),
+                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1)
+             FROM us_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .map_err(err)?;
+    let recorded = Position::new(u64_of(pe, "pos_epoch")?, u64_of(ps, "pos_seq")?);
+    match (le, ls) {
+        (Some(e), Some(s)) if s >= ps => Ok(Position::new(u64_of(e, "epoch")?, u64_of(s, "seq")?)),
+        _ => Ok(recorded),
+    }
+}
+
+/// The state row as stored, with the change log's head.
+struct RawState {
+    cluster: String,
+    member: String,
+    role: String,
+    epoch: i64,
+    active: Option<String>,
+    lease_until: Option<i64>,
+    vote_epoch: Option<i64>,
+    vote_candidate: Option<String>,
+    paused: i64,
+    pos_epoch: i64,
+    pos_seq: i64,
+    head_epoch: Option<i64>,
+    head_seq: Option<i64>,
+}
+
+fn read_state(conn: &Connection, url: &str) -> StoreResult<ReplicationState> {
+    // One statement: one snapshot of the state row and the log head.
+    let raw = conn
+        .query_row(
+            "SELECT cluster, member, role, epoch, active, lease_until, vote_epoch, vote_candidate,
+                    paused, pos_epoch, pos_seq,
+                    (SELECT epoch FROM us_changelog ORDER BY seq DESC LIMIT 1),
+                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1)
+             FROM us_state WHERE id = 1",
+            [],
+            |r| {
+                Ok(RawState {
+                    cluster: r.get(0)?,
+                    member: r.get(1)?,
+                    role: r.get(2)?,
+                    epoch: r.get(3)?,
+                    active: r.get(4)?,
+                    lease_until: r.get(5)?,
+                    vote_epoch: r.get(6)?,
+                    vote_candidate: r.get(7)?,
+                    paused: r.get(8)?,
+                    pos_epoch: r.get(9)?,
+                    pos_seq: r.get(10)?,
+                    head_epoch: r.get(11)?,
+                    head_seq: r.get(12)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| not_initialised_or(e, url))?;
+    let Some(s) = raw else {
+        return Err(StoreError::NotInitialised {
+            url: url.to_string(),
+        });
+    };
+    let role = Role::parse(&s.role).ok_or_else(|| {
+        StoreError::Corrupt(format!("us_state.role has an unknown value {:?}", s.role))
+    })?;
+    let position = match (s.head_epoch, s.head_seq) {
+        (Some(e), Some(q)) if q >= s.pos_seq => {
+            Position::new(u64_of(e, "epoch")?, u64_of(q, "seq")?)
+        }
+        _ => Position::new(
+            u64_of(s.pos_epoch, "pos_epoch")?,
+            u64_of(s.pos_seq, "pos_seq")?,
+        ),
+    };
+    let vote = match (s.vote_epoch, s.vote_candidate) {
+        (Some(e), Some(c)) => Some(Vote {
+            epoch: Epoch(u64_of(e, "vote_epoch")?),
+            candidate: MemberId(c),
+        }),
+        _ => None,
+    };
+    Ok(ReplicationState {
+        cluster: s.cluster,
+        member: MemberId(s.member),
+        role,
+        epoch: Epoch(u64_of(s.epoch, "epoch")?),
+        active: s.active.map(MemberId),
+        position,
+        lease_until_ms: s.lease_until,
+        vote,
+        paused: s.paused != 0,
+    })
+}
+
+/// The epoch a change-log entry holds at `seq`, if it is still there.
+fn logged_epoch(conn: &Connection, seq: i64) -> StoreResult<Option<u64>> {
+    let e: Option<i64> = conn
+        .prepare_cached("SELECT epoch FROM us_changelog WHERE seq = ?1")
+        .and_then(|mut st| st.query_row([seq], |r| r.get(0)).optional())
+        .map_err(err)?;
+    e.map(|e| u64_of(e, "epoch")).transpose()
+}
+
+/// Apply `changes` inside the (possibly already open) apply transaction.
+fn apply_batch(w: &mut Writer, changes: &[Change]) -> StoreResult<Position> {
+    let mut pos = match w.apply {
+        Some(p) => p,
+        None => {
+            w.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+            // Visible only to this transaction: SQLite has one writer.
+            w.conn
+                .execute_batch("UPDATE us_state SET applying = 1 WHERE id = 1")
+                .map_err(err)?;
+            let p = position(&w.conn)?;
+            w.apply = Some(p);
+            p
+        }
+    };
+    let start = pos;
+    for ch in changes {
+        let seq = ch.pos.seq;
+        if seq <= pos.seq {
+            // Already applied, unless the log holds another epoch there (a
+            // fork the caller must resolve, not a duplicate).
+            let same = match logged_epoch(&w.conn, i64_of(seq, "seq")?)? {
+                Some(e) => e == ch.pos.epoch,
+                None => ch.pos <= pos,
+            };
+            if same {
+                continue;
+            }
+            return Err(StoreError::OutOfOrder {
+                applied: pos,
+                got: ch.pos,
+            });
+        }
+        if seq != pos.seq + 1 || ch.pos.epoch < pos.epoch {
+            return Err(StoreError::OutOfOrder {
+                applied: pos,
+                got: ch.pos,
+            });
+        }
+        rows::apply_change(&w.conn, ch)?;
+        pos = ch.pos;
+    }
+    if pos != start {
+        w.conn
+            .prepare_cached("UPDATE us_state SET pos_epoch = ?1, pos_seq = ?2 WHERE id = 1")
+            .and_then(|mut st| {
+                st.execute(params![
+                    i64::try_from(pos.epoch).unwrap_or(i64::MAX),
+                    i64::try_from(pos.seq).unwrap_or(i64::MAX)
+                ])
+            })
+            .map_err(err)?;
+        w.apply = Some(pos);
+    }
+    Ok(pos)
+}
+
+impl MemberStore for SqliteStore {
+    async fn init(&self, params: &InitParams) -> StoreResult<InitReport> {
+        self.init_upto(params, schema::LATEST).await
+    }
+
+    async fn check_schema(&self) -> StoreResult<()> {
+        self.with_reader(schema::check_current).await
+    }
+
+    async fn state(&self) -> StoreResult<ReplicationState> {
+        self.with_reader(read_state).await
+    }
+
+    async fn sequence(&self) -> StoreResult<u64> {
+        // Capture triggers write the change log directly, in commit order.
+        Ok(0)
+    }
+
+    async fn read_changes(
+        &self,
+        after_seq: u64,
+        max_changes: usize,
+        max_bytes: usize,
+    ) -> StoreResult<ChangeRead> {
+        self.with_reader(move |c, url| {
+            let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+            // One more row than allowed tells whether more remains. The
+            // statement is one short read transaction, stepped lazily.
+            let limit = i64::try_from(max_changes.saturating_add(1)).unwrap_or(i64::MAX);
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {} FROM us_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    rows::LOG_COLUMNS
+                ))
+                .map_err(|e| not_initialised_or(e, url))?;
+            let mut it = st.query(params![after, limit]).map_err(err)?;
+            let mut out = ChangeRead {
+                changes: Vec::new(),
+                at_head: true,
+            };
+            let mut bytes = 0usize;
+            while let Some(row) = it.next().map_err(err)? {
+                let ch = rows::change_from_row(row)?;
+                let size = ch.approx_bytes();
+                let full = out.changes.len() >= max_changes
+                    || (!out.changes.is_empty() && bytes.saturating_add(size) > max_bytes);
+                if full {
+                    out.at_head = false;
+                    break;
+                }
+                bytes = bytes.saturating_add(size);
+                out.changes.push(ch);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
+        let changes = changes.to_vec();
+        self.with_writer(move |w, url| {
+            if w.apply.is_none() && changes.is_empty() {
+                return position(&w.conn).map_err(|e| match e {
+                    StoreError::Backend(s) if s.contains("no such table") => {
+                        StoreError::NotInitialised {
+                            url: url.to_string(),
+                        }
+                    }
+                    other => other,
+                });
+            }
+            let done = apply_batch(w, &changes).and_then(|pos| {
+                if commit {
+                    w.conn
+                        .execute_batch("UPDATE us_state SET applying = 0 WHERE id = 1; COMMIT")
+                        .map_err(err)?;
+                    w.apply = None;
+                }
+                Ok(pos)
+            });
+            if done.is_err() {
+                // Nothing of a failed batch may stay, nor an open transaction
+                // with `applying = 1`.
+                w.end_apply("apply failed");
+            }
+            done
+        })
+        .await
+    }
+
+    async fn abort_apply(&self) -> StoreResult<()> {
+        self.with_writer(|w, _| {
+            w.apply = None;
+            w.end_apply("abort_apply");
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_role(
+        &self,
+        role: Role,
+        epoch: Epoch,
+        active: Option<&MemberId>,
+    ) -> StoreResult<()> {
+        let active = active.map(|m| m.0.clone());
+        let epoch = i64_of(epoch.0, "epoch")?;
+        self.state_write("set_role", move |c| {
+            // Leaving the active role expires the lease, so becoming active
+            // again needs a renewal by a running agent.
+            c.execute(
+                "UPDATE us_state SET role = ?1, epoch = ?2, active = ?3,
+                        lease_until = CASE WHEN ?1 = 'active' THEN lease_until ELSE 0 END
+                 WHERE id = 1",
+                params![role.as_str(), epoch, active],
+            )?;
+            schema::refresh_fence(c)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, lease: Duration) -> StoreResult<i64> {
+        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        self.state_write("renew_lease", move |c| {
+            c.query_row(
+                &format!(
+                    "UPDATE us_state SET lease_until = {} + ?1 WHERE id = 1 RETURNING lease_until",
+                    now_ms_sql()
+                ),
+                [ms],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    async fn db_now_ms(&self) -> StoreResult<i64> {
+        self.with_reader(|c, _| {
+            c.query_row(&format!("SELECT {}", now_ms_sql()), [], |r| r.get(0))
+                .map_err(err)
+        })
+        .await
+    }
+
+    async fn record_vote(&self, vote: &Vote) -> StoreResult<()> {
+        let e = i64_of(vote.epoch.0, "vote epoch")?;
+        let c = vote.candidate.0.clone();
+        self.state_write("record_vote", move |conn| {
+            conn.execute(
+                "UPDATE us_state SET vote_epoch = ?1, vote_candidate = ?2 WHERE id = 1",
+                params![e, c],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn set_paused(&self, paused: bool) -> StoreResult<()> {
+        self.state_write("set_paused", move |c| {
+            c.execute("UPDATE us_state SET paused = ?1 WHERE id = 1", [paused])
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn record_epoch(&self, rec: &EpochRecord) -> StoreResult<()> {
+        let r = rec.clone();
+        let epoch = i64_of(r.epoch.0, "epoch")?;
+        let se = i64_of(r.start.epoch, "start epoch")?;
+        let ss = i64_of(r.start.seq, "start seq")?;
+        self.state_write("record_epoch", move |c| {
+            c.execute(
+                "INSERT INTO us_epoch_history (epoch, active, start_epoch, start_seq, at_ms, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (epoch) DO UPDATE SET active = excluded.active,
+                   start_epoch = excluded.start_epoch, start_seq = excluded.start_seq,
+                   at_ms = excluded.at_ms, reason = excluded.reason",
+                params![epoch, r.active.0, se, ss, r.at_ms, r.reason],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>> {
+        self.with_reader(|c, url| {
+            let mut st = c
+                .prepare(
+                    "SELECT epoch, active, start_epoch, start_seq, at_ms, reason
+                     FROM us_epoch_history ORDER BY epoch",
+                )
+                .map_err(|e| not_initialised_or(e, url))?;
+            let raw = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, String>(5)?,
+                    ))
+                })
+                .map_err(err)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(err)?;
+            raw.into_iter()
+                .map(|(e, a, se, ss, at, reason)| {
+                    Ok(EpochRecord {
+                        epoch: Epoch(u64_of(e, "epoch")?),
+                        active: MemberId(a),
+                        start: Position::new(u64_of(se, "start_epoch")?, u64_of(ss, "start_seq")?),
+                        at_ms: at,
+                        reason,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
+        self.with_reader(|c, _| {
+            // One snapshot for the three tables; a scan, no ORDER BY (the
+            // hash is order-free).
+            let tx = c.unchecked_transaction().map_err(err)?;
+            let mut out = Vec::with_capacity(3);
+            for entity in Entity::ALL {
+                let mut h = TableHasher::default();
+                let mut st = tx.prepare(rows::table_select(entity)).map_err(err)?;
+                let mut it = st.query([]).map_err(err)?;
+                while let Some(row) = it.next().map_err(err)? {
+                    h.add(&rows::image_from_table_row(entity, row)?);
+                }
+                out.push(TableChecksum {
+                    table: entity.table().to_string(),
+                    rows: h.rows(),
+                    digest: h.digest(),
+                });
+            }
+            tx.commit().map_err(err)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool> {
+        self.inner.waiter.wait(timeout).await
+    }
+
+    async fn trim_log(&self, upto_seq: u64) -> StoreResult<u64> {
+        let upto = i64::try_from(upto_seq).unwrap_or(i64::MAX);
+        self.with_writer(move |w, url| {
+            // Inside an open apply transaction the trim simply commits (or
+            // rolls back) with it: trimming is never urgent, and aborting the
+            // apply for it would waste the received changes.
+            let sql = "DELETE FROM us_changelog
+                       WHERE seq <= ?1 AND seq < (SELECT MAX(seq) FROM us_changelog)";
+            w.conn
+                .execute(sql, [upto])
+                .map(|n| n as u64)
+                .map_err(|e| not_initialised_or(e, url))
+        })
+        .await
+    }
+
+    async fn oldest_seq(&self) -> StoreResult<Option<u64>> {
+        self.with_reader(|c, url| {
+            let v: Option<i64> = c
+                .query_row("SELECT MIN(seq) FROM us_changelog", [], |r| r.get(0))
+                .map_err(|e| not_initialised_or(e, url))?;
+            v.map(|v| u64_of(v, "seq")).transpose()
+        })
+        .await
+    }
+}
