@@ -24,9 +24,7 @@ CREATE TABLE IF NOT EXISTS projects (
 
 CREATE TABLE IF NOT EXISTS jobs (
     id                text PRIMARY KEY,
-    -- ON UPDATE CASCADE too: renaming a project keeps its jobs (without it
-    -- PostgreSQL refuses the rename of a project that has jobs).
-    project           text NOT NULL REFERENCES projects(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    project           text NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
     name              text NOT NULL,
     group_path        text,
     description       text,

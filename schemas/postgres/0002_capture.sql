@@ -110,18 +110,17 @@ END
 $$;
 
 -- Row triggers of one event fire in name order, and the foreign key's
--- cascade actions are triggers named "RI_ConstraintTrigger_...". The capture
--- trigger of projects is named "A_us_capture" so that it sorts (byte order)
--- before them: a project's change is staged before the cascaded changes of
--- its jobs, so a replay never upserts a job before its renamed project.
+-- cascade actions are triggers named "RI_ConstraintTrigger_..." (byte order:
+-- before "us_capture"): the deletes of a project's jobs are staged before the
+-- project's own delete, an order valid for any replay, foreign keys on or off.
 DROP TRIGGER IF EXISTS us_fence_write ON projects;
 DROP TRIGGER IF EXISTS us_fence_truncate ON projects;
-DROP TRIGGER IF EXISTS "A_us_capture" ON projects;
+DROP TRIGGER IF EXISTS us_capture ON projects;
 CREATE TRIGGER us_fence_write BEFORE INSERT OR UPDATE OR DELETE ON projects
     FOR EACH STATEMENT EXECUTE FUNCTION us_fence();
 CREATE TRIGGER us_fence_truncate BEFORE TRUNCATE ON projects
     FOR EACH STATEMENT EXECUTE FUNCTION us_refuse_truncate();
-CREATE TRIGGER "A_us_capture" AFTER INSERT OR UPDATE OR DELETE ON projects
+CREATE TRIGGER us_capture AFTER INSERT OR UPDATE OR DELETE ON projects
     FOR EACH ROW EXECUTE FUNCTION us_capture_projects();
 
 DROP TRIGGER IF EXISTS us_fence_write ON jobs;
