@@ -109,6 +109,10 @@ BEGIN
 END
 $$;
 
+-- Row triggers of one event fire in name order, and the foreign key's
+-- cascade actions are triggers named "RI_ConstraintTrigger_..." (byte order:
+-- before "us_capture"): the deletes of a project's jobs are staged before the
+-- project's own delete, an order valid for any replay, foreign keys on or off.
 DROP TRIGGER IF EXISTS us_fence_write ON projects;
 DROP TRIGGER IF EXISTS us_fence_truncate ON projects;
 DROP TRIGGER IF EXISTS us_capture ON projects;

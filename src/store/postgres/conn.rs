@@ -70,8 +70,16 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
         }
         s
     } else {
-        // Non-database errors (IO, protocol, conversion) carry no row data.
-        e.to_string()
+        // Non-database errors (IO, protocol, conversion) carry no row data;
+        // their cause (e.g. "Connection refused") is in the source chain.
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(c) = src {
+            s.push_str(": ");
+            s.push_str(&c.to_string());
+            src = c.source();
+        }
+        s
     }
 }
 

@@ -333,6 +333,9 @@ impl MemberStore for PgStore {
     }
 
     async fn state(&self) -> StoreResult<ReplicationState> {
+        // The position is the head of the change log, committed changes
+        // included: move what is staged first.
+        self.sequence().await?;
         let c = self.reader.get().await?;
         let row = c
             .query_opt(
@@ -380,15 +383,30 @@ impl MemberStore for PgStore {
     /// is taken after the lock, so it sees every earlier move and exactly the
     /// transactions committed before it: whole transactions, in commit order
     /// relative to every other move.
+    ///
+    /// Only an active member's staged rows join the log. On any other member
+    /// a staged row is a write that got past the fence (its transaction began
+    /// before the role changed and committed after): it is not part of the
+    /// cluster's history, so it goes to the divergence quarantine instead of
+    /// taking a seq that the active will use for something else.
     async fn sequence(&self) -> StoreResult<u64> {
         let sql = format!(
             "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
+             WITH st AS (SELECT role FROM us_state WHERE id = 1), \
+             moved AS (DELETE FROM us_capture WHERE (SELECT role FROM st) <> 'active' \
+                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}) \
+             INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
+             SELECT m.epoch, 0, m.entity, m.op, m.key, {IMAGE_COLS}, \
+                    'committed while this member was ' || (SELECT role FROM st) \
+             FROM moved m ORDER BY m.id; \
              WITH b AS ( \
                  SELECT greatest(s.pos_seq, coalesce((SELECT max(seq) FROM us_changelog), 0)) AS seq, \
                         greatest(s.pos_epoch, coalesce((SELECT epoch FROM us_changelog \
                                                         ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
                  FROM us_state s WHERE s.id = 1), \
-             moved AS (DELETE FROM us_capture RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
+             moved AS (DELETE FROM us_capture \
+                       WHERE (SELECT role FROM us_state WHERE id = 1) = 'active' \
+                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
              ins AS ( \
                  INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \
                  SELECT b.seq + row_number() OVER (ORDER BY m.id), \
@@ -608,8 +626,15 @@ impl MemberStore for PgStore {
         active: Option<&MemberId>,
     ) -> StoreResult<()> {
         let e = to_i64(epoch.0, "epoch")?;
+        // Changes committed under the current role are logged (or
+        // quarantined) under it before the role changes.
+        self.sequence().await?;
         self.update_state(
-            "UPDATE us_state SET role = $1, epoch = $2, active = $3 WHERE id = 1",
+            // Leaving the active role also expires the lease, so a member
+            // made active again refuses writes until its agent renews it.
+            "UPDATE us_state SET role = $1, epoch = $2, active = $3, \
+                 lease_until = CASE WHEN $1 = 'active' THEN lease_until ELSE 0 END \
+             WHERE id = 1",
             &[&role.as_str(), &e, &active.map(MemberId::as_str)],
         )
         .await
