@@ -431,7 +431,7 @@ fn d_batch_bytes() -> usize {
     1 << 20
 }
 fn d_batch_delay() -> u64 {
-    2
+    0
 }
 fn d_retain_changes() -> u64 {
     10_000
