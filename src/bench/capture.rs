@@ -50,12 +50,17 @@ impl BenchDb {
                 let server = server.trim_end_matches('/').to_string();
                 let db = format!("understudy_bench_{name}_{}", std::process::id());
                 let admin = pg_admin(&server).await?;
-                admin
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
-                    ))
-                    .await
-                    .context("creating the bench database")?;
+                // One statement per call: DROP/CREATE DATABASE refuse to run
+                // inside the implicit transaction of a multi-statement batch.
+                for stmt in [
+                    format!("DROP DATABASE IF EXISTS {db}"),
+                    format!("CREATE DATABASE {db}"),
+                ] {
+                    admin
+                        .batch_execute(&stmt)
+                        .await
+                        .context("creating the bench database")?;
+                }
                 Ok(BenchDb {
                     url: DatabaseUrl::Postgres(format!("{server}/{db}")),
                     _dir: None,
