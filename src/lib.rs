@@ -2,5 +2,6 @@
 //! scheduler. See ARCHITECTURE.md for the map of modules.
 
 pub mod config;
+pub mod control;
 pub mod model;
 pub mod store;
