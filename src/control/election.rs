@@ -54,6 +54,8 @@ pub(crate) struct Candidacy {
     pub refusals: BTreeMap<MemberId, VoteRefusal>,
     /// Stood because a switchover handed over.
     pub transfer: bool,
+    /// Still asking whether votes would be granted; nothing persisted yet.
+    pub pre: bool,
     /// The active this member followed before (its jobs are taken over).
     pub previous: Option<MemberId>,
 }

@@ -656,6 +656,7 @@ impl Engine {
                 priority,
                 sent_at,
                 transfer,
+                pre,
             } => {
                 if candidate != from {
                     return;
@@ -665,7 +666,7 @@ impl Engine {
                     priority,
                     member: from,
                 };
-                self.on_request_vote(rank, epoch, sent_at, transfer, out);
+                self.on_request_vote(rank, epoch, sent_at, transfer, pre, out);
             }
             Message::VoteReply {
                 epoch,
@@ -673,7 +674,8 @@ impl Engine {
                 granted,
                 term,
                 refusal,
-            } => self.on_vote_reply(from, epoch, sent_at, granted, term, refusal, out),
+                pre,
+            } => self.on_vote_reply(from, epoch, sent_at, granted, term, refusal, pre, out),
             Message::Handover { epoch } => self.on_handover(from, epoch, out),
         }
     }
@@ -816,7 +818,14 @@ impl Engine {
         self.fenced_role = true;
     }
 
-    fn refuse(&self, to: MemberId, epoch: Epoch, sent_at: Millis, r: VoteRefusal) -> Action {
+    fn refuse(
+        &self,
+        to: MemberId,
+        epoch: Epoch,
+        sent_at: Millis,
+        pre: bool,
+        r: VoteRefusal,
+    ) -> Action {
         Action::Send {
             to,
             msg: Message::VoteReply {
@@ -825,6 +834,7 @@ impl Engine {
                 granted: false,
                 term: self.term(),
                 refusal: Some(r),
+                pre,
             },
         }
     }
@@ -835,6 +845,7 @@ impl Engine {
         epoch: Epoch,
         sent_at: Millis,
         transfer: bool,
+        pre: bool,
         out: &mut Vec<Action>,
     ) {
         let now = self.now;
@@ -853,13 +864,18 @@ impl Engine {
             });
         }
 
-        // A duplicated request: the vote is already durable, answer again.
+        // A repeated request (duplicated on the wire, or after a switchover
+        // handover that carried this vote): the vote is already durable.
         if self
             .vote
             .as_ref()
             .is_some_and(|v| v.epoch == epoch && v.candidate == from)
         {
-            self.grant_reply(from, epoch, sent_at, out);
+            if pre {
+                self.grant_reply(from, epoch, sent_at, true, out);
+            } else {
+                self.granted(from, epoch, sent_at, out);
+            }
             return;
         }
         if epoch <= self.term() {
@@ -869,12 +885,12 @@ impl Engine {
                 },
                 _ => VoteRefusal::StaleEpoch,
             };
-            out.push(self.refuse(from, epoch, sent_at, r));
+            out.push(self.refuse(from, epoch, sent_at, pre, r));
             return;
         }
         if let Mode::Leader(l) = &self.mode {
             if l.db_unfenced || l.switchover.is_some() {
-                out.push(self.refuse(from, epoch, sent_at, VoteRefusal::IAmActive));
+                out.push(self.refuse(from, epoch, sent_at, pre, VoteRefusal::IAmActive));
                 return;
             }
             // A fenced active (lost lease, or restarted) cannot write: it
@@ -883,7 +899,7 @@ impl Engine {
             let r = VoteRefusal::ActiveAlive {
                 active: self.heard_from.clone(),
             };
-            out.push(self.refuse(from, epoch, sent_at, r));
+            out.push(self.refuse(from, epoch, sent_at, pre, r));
             return;
         }
         let i_am_better = !transfer
@@ -900,6 +916,7 @@ impl Engine {
                 from,
                 epoch,
                 sent_at,
+                pre,
                 VoteRefusal::Behind { position: floor },
             ));
             return;
@@ -912,12 +929,12 @@ impl Engine {
                 let r = VoteRefusal::BetterCandidate {
                     member: b.rank.member.clone(),
                 };
-                out.push(self.refuse(from, epoch, sent_at, r));
+                out.push(self.refuse(from, epoch, sent_at, pre, r));
                 return;
             }
             if i_am_better {
                 let r = VoteRefusal::BetterCandidate { member: self.me() };
-                out.push(self.refuse(from, epoch, sent_at, r));
+                out.push(self.refuse(from, epoch, sent_at, pre, r));
                 if !matches!(self.mode, Mode::Candidate(_)) {
                     // The active is gone (this voter has not heard from it
                     // either) and this member would be preferred: stand now.
@@ -926,16 +943,13 @@ impl Engine {
                 return;
             }
         }
+        if pre {
+            // Would grant; nothing changes until the real request.
+            self.grant_reply(from, epoch, sent_at, true, out);
+            return;
+        }
 
         // Grant: durably first, then the reply.
-        match &self.mode {
-            Mode::Leader(_) => self.step_down(out),
-            Mode::Candidate(_) => {
-                self.round_lost();
-                self.mode = Mode::Follower;
-            }
-            Mode::Follower => {}
-        }
         self.vote = Some(Vote {
             epoch,
             candidate: from.clone(),
@@ -944,17 +958,40 @@ impl Engine {
             epoch,
             candidate: from.clone(),
         });
-        // Having granted, this voter treats the candidate as a live active:
-        // the candidate's first lease is counted from this request, so no
-        // other candidate may get this vote for failover_timeout.
-        self.last_heard = now;
+        self.granted(from, epoch, sent_at, out);
+    }
+
+    /// After a (durable) grant, fresh or repeated. The candidate's first
+    /// lease is counted from the request this answers, so from now on, for
+    /// failover_timeout, this member treats the candidate as a live active:
+    /// it grants nobody else and does not stand itself (a pre-vote round of
+    /// its own is abandoned). Forgetting this on a *repeated* grant let a
+    /// former active that had handed over stand again while its successor's
+    /// lease, backed by that very grant, still ran (found by the simulator).
+    fn granted(&mut self, from: MemberId, epoch: Epoch, sent_at: Millis, out: &mut Vec<Action>) {
+        match &self.mode {
+            Mode::Leader(_) => self.step_down(out),
+            Mode::Candidate(_) => {
+                self.round_lost();
+                self.mode = Mode::Follower;
+            }
+            Mode::Follower => {}
+        }
+        self.last_heard = self.now;
         self.heard_from = Some(from.clone());
         self.deferred = None;
         self.arm_election();
-        self.grant_reply(from, epoch, sent_at, out);
+        self.grant_reply(from, epoch, sent_at, false, out);
     }
 
-    fn grant_reply(&self, to: MemberId, epoch: Epoch, sent_at: Millis, out: &mut Vec<Action>) {
+    fn grant_reply(
+        &self,
+        to: MemberId,
+        epoch: Epoch,
+        sent_at: Millis,
+        pre: bool,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Action::Send {
             to,
             msg: Message::VoteReply {
@@ -963,6 +1000,7 @@ impl Engine {
                 granted: true,
                 term: self.term(),
                 refusal: None,
+                pre,
             },
         });
     }
@@ -976,6 +1014,7 @@ impl Engine {
         granted: bool,
         term: Epoch,
         refusal: Option<VoteRefusal>,
+        pre: bool,
         out: &mut Vec<Action>,
     ) {
         self.note_term(term);
@@ -983,14 +1022,19 @@ impl Engine {
         let Mode::Candidate(c) = &mut self.mode else {
             return;
         };
-        if c.epoch != epoch {
+        if c.epoch != epoch || c.pre != pre {
             return;
         }
         if granted {
             c.refusals.remove(&from);
             c.grants.record(&from, sent_at, None);
             if c.grants.len() >= quorum {
-                self.promote(out);
+                if pre {
+                    let transfer = c.transfer;
+                    self.run_election(None, transfer, out);
+                } else {
+                    self.promote(out);
+                }
             }
             return;
         }
@@ -1030,8 +1074,19 @@ impl Engine {
         self.start_candidacy(Some(epoch), true, out);
     }
 
+    /// Stand for election: a pre-vote round first (nothing persisted), the
+    /// real election once a majority would grant. A switchover target skips
+    /// the pre-vote: the old active has already stepped aside.
     fn start_candidacy(&mut self, at: Option<Epoch>, transfer: bool, out: &mut Vec<Action>) {
-        let now = self.now;
+        if transfer || self.quorum <= 1 {
+            self.run_election(at, transfer, out);
+            return;
+        }
+        let epoch = Epoch(self.term().max(self.highest_term).0 + 1);
+        self.begin_round(epoch, false, true, out);
+    }
+
+    fn run_election(&mut self, at: Option<Epoch>, transfer: bool, out: &mut Vec<Action>) {
         let me = self.me();
         let epoch = at.unwrap_or(Epoch(self.term().max(self.highest_term).0 + 1));
         self.note_term(epoch);
@@ -1041,8 +1096,14 @@ impl Engine {
         });
         out.push(Action::PersistVote {
             epoch,
-            candidate: me.clone(),
+            candidate: me,
         });
+        self.begin_round(epoch, transfer, false, out);
+    }
+
+    fn begin_round(&mut self, epoch: Epoch, transfer: bool, pre: bool, out: &mut Vec<Action>) {
+        let now = self.now;
+        let me = self.me();
         let mut grants = Acks::default();
         grants.record(&me, now, None);
         let previous = self.active.clone().filter(|a| *a != me);
@@ -1055,6 +1116,7 @@ impl Engine {
             grants,
             refusals: BTreeMap::new(),
             transfer,
+            pre,
             previous,
         }));
         if self.quorum <= 1 {
@@ -1071,6 +1133,7 @@ impl Engine {
                     priority: self.cfg.priority,
                     sent_at: now,
                     transfer,
+                    pre,
                 },
             });
         }

@@ -77,7 +77,11 @@ pub enum Message {
         epoch: Epoch,
         active: Option<MemberId>,
     },
-    /// A candidate asks for a vote in `epoch`.
+    /// A candidate asks for a vote in `epoch`. With `pre`, it only asks
+    /// whether the vote *would* be granted (nothing is recorded on either
+    /// side): a member stands for real, and moves to a new epoch, only once a
+    /// majority has said yes, so a member that cannot win (the others still
+    /// hear the active) never pushes epochs up and never disturbs the active.
     RequestVote {
         epoch: Epoch,
         candidate: MemberId,
@@ -88,6 +92,7 @@ pub enum Message {
         /// itself and handed over, so voters need not wait for its heartbeats
         /// to stop.
         transfer: bool,
+        pre: bool,
     },
     /// Answer to a vote request of `epoch`; `sent_at` echoes the request's.
     VoteReply {
@@ -97,6 +102,8 @@ pub enum Message {
         /// The voter's newest epoch after handling the request.
         term: Epoch,
         refusal: Option<VoteRefusal>,
+        /// Answers a pre-vote.
+        pre: bool,
     },
     /// From a fenced active whose switchover target has reached its exact
     /// head: stand for election at `epoch` now (the sender voted for you).

@@ -43,6 +43,8 @@ mod lease;
 mod status;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 pub use actions::{Action, CommandRefusal, Hook, Notice, PromotionReason, SwitchoverFailure};

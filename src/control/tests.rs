@@ -88,7 +88,7 @@ fn ack(epoch: u64, sent_at: Millis, pos: Position) -> Message {
     }
 }
 
-fn rv(epoch: u64, cand: &str, pos: Position, sent_at: Millis) -> Message {
+fn request(epoch: u64, cand: &str, pos: Position, sent_at: Millis, pre: bool) -> Message {
     Message::RequestVote {
         epoch: Epoch(epoch),
         candidate: m(cand),
@@ -96,27 +96,45 @@ fn rv(epoch: u64, cand: &str, pos: Position, sent_at: Millis) -> Message {
         priority: 0,
         sent_at,
         transfer: false,
+        pre,
+    }
+}
+
+/// A vote request.
+fn rv(epoch: u64, cand: &str, pos: Position, sent_at: Millis) -> Message {
+    request(epoch, cand, pos, sent_at, false)
+}
+
+/// A pre-vote request.
+fn prv(epoch: u64, cand: &str, pos: Position, sent_at: Millis) -> Message {
+    request(epoch, cand, pos, sent_at, true)
+}
+
+fn reply(epoch: u64, sent_at: Millis, term: u64, r: Option<VoteRefusal>, pre: bool) -> Message {
+    Message::VoteReply {
+        epoch: Epoch(epoch),
+        sent_at,
+        granted: r.is_none(),
+        term: Epoch(term),
+        refusal: r,
+        pre,
     }
 }
 
 fn granted(epoch: u64, sent_at: Millis) -> Message {
-    Message::VoteReply {
-        epoch: Epoch(epoch),
-        sent_at,
-        granted: true,
-        term: Epoch(epoch),
-        refusal: None,
-    }
+    reply(epoch, sent_at, epoch, None, false)
+}
+
+fn pre_granted(epoch: u64, sent_at: Millis, term: u64) -> Message {
+    reply(epoch, sent_at, term, None, true)
 }
 
 fn refused(epoch: u64, sent_at: Millis, term: u64, r: VoteRefusal) -> Message {
-    Message::VoteReply {
-        epoch: Epoch(epoch),
-        sent_at,
-        granted: false,
-        term: Epoch(term),
-        refusal: Some(r),
-    }
+    reply(epoch, sent_at, term, Some(r), false)
+}
+
+fn pre_refused(epoch: u64, sent_at: Millis, term: u64, r: VoteRefusal) -> Message {
+    reply(epoch, sent_at, term, Some(r), true)
 }
 
 fn heartbeats(epoch: u64, sent_at: Millis, head: Position, to: &[&str]) -> Vec<Action> {
@@ -192,18 +210,28 @@ fn heartbeat_timeout_leads_to_candidacy_votes_and_ordered_promotion() {
     assert_eq!(
         b.step(610, tick()),
         vec![
+            send("a", prv(2, "b", p(1, 10), 610)),
+            send("c", prv(2, "b", p(1, 10), 610)),
+        ],
+        "a pre-vote first: nothing persisted, the epoch does not move"
+    );
+    assert_eq!(b.role(), Role::Candidate);
+    assert_eq!(b.term(), Epoch(1));
+    assert_eq!(
+        b.step(615, recv("c", pre_granted(2, 610, 1))),
+        vec![
             Action::PersistVote {
                 epoch: Epoch(2),
                 candidate: m("b")
             },
-            send("a", rv(2, "b", p(1, 10), 610)),
-            send("c", rv(2, "b", p(1, 10), 610)),
+            send("a", rv(2, "b", p(1, 10), 615)),
+            send("c", rv(2, "b", p(1, 10), 615)),
         ],
-        "the self-vote is durable before any request leaves"
+        "a majority would grant: the self-vote is durable before any request leaves"
     );
-    assert_eq!(b.role(), Role::Candidate);
+    assert_eq!(b.term(), Epoch(2));
     assert_eq!(
-        b.step(620, recv("c", granted(2, 610))),
+        b.step(620, recv("c", granted(2, 615))),
         [
             vec![
                 Action::PersistEpoch {
@@ -214,7 +242,7 @@ fn heartbeat_timeout_leads_to_candidacy_votes_and_ordered_promotion() {
                         previous: Some(m("a"))
                     },
                 },
-                Action::RenewLease { until: 610 + LEASE },
+                Action::RenewLease { until: 615 + LEASE },
                 Action::Unfence { epoch: Epoch(2) },
                 Action::TakeOverJobs { from: Some(m("a")) },
                 Action::RunHook(Hook::OnPromote),
@@ -232,6 +260,12 @@ fn heartbeat_timeout_leads_to_candidacy_votes_and_ordered_promotion() {
 #[test]
 fn vote_is_persisted_before_the_reply_and_only_one_per_epoch() {
     let mut c = start(cfg("c"), passive(1, "a", p(1, 10)), 0);
+    assert_eq!(
+        c.step(695, recv("b", prv(2, "b", p(1, 10), 690))),
+        vec![send("b", pre_granted(2, 690, 1))],
+        "a pre-vote is answered without recording anything"
+    );
+    assert_eq!(c.term(), Epoch(1));
     assert_eq!(
         c.step(700, recv("b", rv(2, "b", p(1, 10), 690))),
         vec![
@@ -331,12 +365,8 @@ fn an_eligible_voter_ahead_refuses_and_stands_itself() {
                 "b",
                 refused(2, 700, 1, VoteRefusal::BetterCandidate { member: m("c") })
             ),
-            Action::PersistVote {
-                epoch: Epoch(3),
-                candidate: m("c")
-            },
-            send("a", rv(3, "c", p(1, 20), 700)),
-            send("b", rv(3, "c", p(1, 20), 700)),
+            send("a", prv(3, "c", p(1, 20), 700)),
+            send("b", prv(3, "c", p(1, 20), 700)),
         ]
     );
 }
@@ -349,34 +379,35 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
     let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
     let out = b.step(700, tick());
     assert!(
-        out.contains(&send("c", rv(2, "b", p(1, 10), 700))),
+        out.contains(&send("c", prv(2, "b", p(1, 10), 700))),
         "{out:?}"
     );
     // Same position, higher priority: c refuses and stands.
-    let out = c.step(705, recv("b", rv(2, "b", p(1, 10), 700)));
+    let out = c.step(705, recv("b", prv(2, "b", p(1, 10), 700)));
     assert_eq!(
         out[0],
         send(
             "b",
-            refused(2, 700, 1, VoteRefusal::BetterCandidate { member: m("c") })
+            pre_refused(2, 700, 1, VoteRefusal::BetterCandidate { member: m("c") })
         )
     );
-    let request = Message::RequestVote {
+    let ask = |pre| Message::RequestVote {
         epoch: Epoch(3),
         candidate: m("c"),
         position: p(1, 10),
         priority: 5,
         sent_at: 705,
         transfer: false,
+        pre,
     };
-    assert!(out.contains(&send("b", request.clone())), "{out:?}");
+    assert!(out.contains(&send("b", ask(true))), "{out:?}");
     // b backs off on the refusal ...
     assert_eq!(
         b.step(
             710,
             recv(
                 "c",
-                refused(2, 700, 2, VoteRefusal::BetterCandidate { member: m("c") })
+                pre_refused(2, 700, 1, VoteRefusal::BetterCandidate { member: m("c") })
             )
         ),
         vec![]
@@ -386,10 +417,13 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
         b.not_promoting(710)
             .contains(&NotPromoting::CandidateAhead { member: m("c") })
     );
-    assert_eq!(b.step(1000, tick()), vec![], "no retry while backing off");
-    // ... and grants c's request.
+    // ... would vote for c, then does.
     assert_eq!(
-        b.step(711, recv("c", request)),
+        b.step(711, recv("c", ask(true))),
+        vec![send("c", pre_granted(3, 705, 1))]
+    );
+    assert_eq!(
+        b.step(712, recv("c", ask(false))),
         vec![
             Action::PersistVote {
                 epoch: Epoch(3),
@@ -397,6 +431,11 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
             },
             send("c", granted(3, 705)),
         ]
+    );
+    assert_eq!(
+        b.step(1000, tick()),
+        vec![],
+        "no candidacy of its own meanwhile"
     );
 
     // A third voter that saw the better candidate refuses the other one.
@@ -408,6 +447,7 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
         priority: 5,
         sent_at: 700,
         transfer: false,
+        pre: false,
     };
     a.step(700, recv("c", better));
     assert_eq!(
@@ -440,6 +480,7 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
                 priority: 5,
                 sent_at: 700,
                 transfer: false,
+                pre: false,
             },
         ),
     );
@@ -633,6 +674,7 @@ fn switchover_waits_for_the_exact_head_then_hands_over() {
                 priority: 0,
                 sent_at: 125,
                 transfer: true,
+                pre: false,
             },
         )
     };
@@ -763,13 +805,7 @@ fn pause_blocks_candidacy_until_resumed() {
         vec![Action::PersistPaused { paused: false }]
     );
     let out = b.step(5002, tick());
-    assert_eq!(
-        out[0],
-        Action::PersistVote {
-            epoch: Epoch(2),
-            candidate: m("b")
-        }
-    );
+    assert_eq!(out[0], send("a", prv(2, "b", p(1, 10), 5002)));
     // A paused member restarts paused.
     let mut s = passive(1, "a", p(1, 10));
     s.paused = true;
@@ -934,24 +970,20 @@ fn a_witness_votes_acks_without_a_position_and_never_stands() {
 fn a_split_vote_retries_at_a_higher_epoch() {
     let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
     b.step(700, tick());
+    b.step(705, recv("c", pre_granted(2, 700, 1)));
     assert_eq!(b.term(), Epoch(2));
+    // c stood at the same time and voted for itself.
     b.step(
         710,
         recv(
             "c",
-            refused(2, 700, 2, VoteRefusal::AlreadyVoted { candidate: m("c") }),
+            refused(2, 705, 2, VoteRefusal::AlreadyVoted { candidate: m("c") }),
         ),
     );
-    assert_eq!(b.step(1299, tick()), vec![]);
-    let out = b.step(1300, Event::Tick { jitter: 0 });
-    assert_eq!(
-        out[0],
-        Action::PersistVote {
-            epoch: Epoch(3),
-            candidate: m("b")
-        }
-    );
-    let report = b.status(1300).last_election.expect("a report");
+    assert_eq!(b.step(1304, tick()), vec![]);
+    let out = b.step(1305, Event::Tick { jitter: 0 });
+    assert_eq!(out[0], send("a", prv(3, "b", p(1, 10), 1305)));
+    let report = b.status(1305).last_election.expect("a report");
     assert_eq!(report.epoch, Epoch(2));
     assert!(!report.won);
     assert_eq!(report.unreachable, vec![m("a")]);
@@ -1013,4 +1045,35 @@ fn a_member_that_voted_past_its_own_epoch_does_not_reclaim_it() {
     );
     assert_eq!(a.role(), Role::Fenced);
     assert_eq!(a.step(0, tick()), vec![], "no heartbeats: not the active");
+}
+
+#[test]
+fn a_repeated_grant_renews_the_promise_not_to_stand() {
+    // a handed over to b at 120 (its vote for b in epoch 2 travelled with
+    // the handover); b's request only arrives 580 ms later.
+    let mut a = active_a(p(1, 30));
+    a.step(10, Event::Command(Command::Switchover { to: m("b") }));
+    a.step(12, Event::FenceApplied { head: p(1, 30) });
+    a.step(100, tick());
+    a.step(120, recv("b", ack(1, 100, p(1, 30))));
+    assert_eq!(a.role(), Role::Fenced);
+    assert_eq!(
+        a.step(700, recv("b", rv(2, "b", p(1, 30), 695))),
+        vec![send("b", granted(2, 695))]
+    );
+    // b's lease counts from 695: a must not stand before 700 + failover.
+    for t in (710..700 + FAILOVER).step_by(10) {
+        assert_eq!(a.step(t, tick()), vec![], "at {t}");
+    }
+    // Afterwards it votes again (for a candidate ahead of it).
+    assert_eq!(
+        a.step(1301, recv("c", rv(3, "c", p(1, 31), 1301))),
+        vec![
+            Action::PersistVote {
+                epoch: Epoch(3),
+                candidate: m("c")
+            },
+            send("c", granted(3, 1301)),
+        ]
+    );
 }
