@@ -58,4 +58,6 @@ pub(crate) struct Candidacy {
     pub pre: bool,
     /// The active this member followed before (its jobs are taken over).
     pub previous: Option<MemberId>,
+    /// When unanswered requests are sent again.
+    pub next_resend: Millis,
 }

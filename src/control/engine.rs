@@ -507,8 +507,13 @@ impl Engine {
                     self.send_heartbeats(out);
                 }
             }
-            Mode::Candidate(c) => {
-                if now >= c.deadline {
+            Mode::Candidate(c) if now < c.deadline => {
+                if now >= c.next_resend {
+                    self.resend_requests(out);
+                }
+            }
+            Mode::Candidate(_) => {
+                {
                     self.round_lost();
                     self.mode = Mode::Follower;
                     if self.may_stand() {
@@ -537,7 +542,7 @@ impl Engine {
         };
         l.last_sent = now;
         l.next_heartbeat = now.saturating_add(self.cfg.heartbeat_interval);
-        if l.forced && l.db_unfenced {
+        if l.forced {
             l.lease_until = now.saturating_add(lease_timeout);
             out.push(Action::RenewLease {
                 until: l.lease_until,
@@ -567,6 +572,7 @@ impl Engine {
         let epoch = self.epoch;
         let quorum = self.quorum;
         let lease_timeout = self.cfg.lease_timeout;
+        let manual_pair = self.cfg.manual_pair();
         let Mode::Leader(l) = &mut self.mode else {
             return;
         };
@@ -578,6 +584,10 @@ impl Engine {
             return;
         }
         if l.forced {
+            if manual_pair {
+                // Renewed on every heartbeat on its own authority.
+                return;
+            }
             let answered = l.acks.len() + 1 - usize::from(l.acks.get(&me).is_some());
             if answered >= quorum {
                 // A majority follows the forced active: the normal rule again.
@@ -600,6 +610,13 @@ impl Engine {
             if !l.shipping {
                 l.shipping = true;
                 out.push(Action::StartShipping);
+            }
+            if manual_pair {
+                // Two members and no witness: only an operator can promote
+                // the other one (`auto_failover` is off on both, the config
+                // refuses anything else), so once the peer has confirmed this
+                // epoch the active keeps writing when the passive goes away.
+                l.forced = true;
             }
         }
         // This member's own lease counts as hearing from a live active.
@@ -895,7 +912,12 @@ impl Engine {
             }
             // A fenced active (lost lease, or restarted) cannot write: it
             // may vote for a successor at once.
-        } else if !transfer && now.saturating_sub(self.last_heard) < self.cfg.failover_timeout {
+        } else if !transfer
+            && now.saturating_sub(self.last_heard) < self.cfg.failover_timeout
+            // The member this voter last backed may ask again at a higher
+            // epoch: its leases never overlap its own.
+            && self.heard_from.as_ref() != Some(&from)
+        {
             let r = VoteRefusal::ActiveAlive {
                 active: self.heard_from.clone(),
             };
@@ -1118,6 +1140,7 @@ impl Engine {
             transfer,
             pre,
             previous,
+            next_resend: now.saturating_add(self.cfg.heartbeat_interval),
         }));
         if self.quorum <= 1 {
             self.promote(out);
@@ -1134,6 +1157,37 @@ impl Engine {
                     sent_at: now,
                     transfer,
                     pre,
+                },
+            });
+        }
+    }
+
+    /// Ask again the voters that have not answered: a lost request must not
+    /// cost a whole round. The original `sent_at` is kept, so a grant never
+    /// backs a lease longer than the first request could.
+    fn resend_requests(&mut self, out: &mut Vec<Action>) {
+        let me = self.me();
+        let (position, priority) = (self.position, self.cfg.priority);
+        let others = self.others();
+        let next = self.now.saturating_add(self.cfg.heartbeat_interval);
+        let Mode::Candidate(c) = &mut self.mode else {
+            return;
+        };
+        c.next_resend = next;
+        for to in others {
+            if c.grants.get(&to).is_some() || c.refusals.contains_key(&to) {
+                continue;
+            }
+            out.push(Action::Send {
+                to,
+                msg: Message::RequestVote {
+                    epoch: c.epoch,
+                    candidate: me.clone(),
+                    position,
+                    priority,
+                    sent_at: c.started,
+                    transfer: c.transfer,
+                    pre: c.pre,
                 },
             });
         }

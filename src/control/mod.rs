@@ -19,6 +19,24 @@
 //!   driver ◄──────────── Vec<Action> (Send, Persist*, RenewLease, Fence, ...)
 //! ```
 //!
+//! Driving it (the IO shell's contract):
+//! - Load [`PersistedState`] (the member's `us_state`, or the witness's vote
+//!   file), call [`Engine::new`] and run the start-up actions first.
+//! - Feed [`Event::Tick`] at least every `heartbeat_interval / 4` with a fresh
+//!   random `jitter` in `[0, failover_timeout / 2)`, every controller message
+//!   as [`Event::Received`] (sender = the peer's certificate name), every
+//!   change of the local position as [`Event::Position`], and after executing
+//!   each [`Action::Fence`] an [`Event::FenceApplied`] with the head read
+//!   after it.
+//! - `now` is a monotonic clock in milliseconds that keeps counting while the
+//!   machine is suspended (on Linux `CLOCK_BOOTTIME`), so a frozen process
+//!   never believes its lease is younger than it is.
+//! - Execute the returned actions in order; if a durable action fails, drop
+//!   the rest of the list (never send a reply whose vote was not stored) and
+//!   fence the database if it might be unfenced.
+//! - [`Engine::status`] answers `/status`; [`Engine::next_deadline`] says when
+//!   a tick is due at the latest.
+//!
 //! Safety argument in brief (the simulator in `sim.rs` checks it over
 //! thousands of seeded schedules):
 //! - **One active per epoch**: a voter persists at most one vote per epoch
@@ -34,6 +52,16 @@
 //!   position (witnesses: behind the highest commit point they were told of),
 //!   and a position counts as acknowledged by a majority only by the Raft rule
 //!   (acknowledged while it was in the acknowledging active's own epoch).
+//!   Witnesses hold no data, so their answers never acknowledge a position:
+//!   a write counts as majority-acknowledged only once a majority of *all*
+//!   voters holds it, which forces that majority to be members with data.
+//!   (Counting a witness that merely saw a head would let an active and a
+//!   witness "acknowledge" a tail the passive never received; the witness
+//!   would then have to refuse that passive forever once the active died.)
+//! - **No disruption**: a candidate first runs a pre-vote round that records
+//!   nothing; only when a majority would grant does it persist its vote and
+//!   move to a new epoch. A member cut off from the active therefore never
+//!   inflates epochs and never deposes a healthy active when it returns.
 
 mod actions;
 mod election;
@@ -75,6 +103,10 @@ pub enum ControlError {
     LeaseNotBelowFailover { lease: Millis, failover: Millis },
     #[error("this member is a witness but its voter entry says otherwise (or the reverse)")]
     WitnessMismatch,
+    #[error(
+        "a 2-member cluster without a witness cannot fail over automatically without risking two actives: add a witness or set auto_failover = false"
+    )]
+    TwoMembersNeedWitness,
 }
 
 /// One voter of the cluster.
@@ -156,6 +188,9 @@ impl EngineConfig {
         if self.heartbeat_interval == 0 {
             return Err(ControlError::ZeroHeartbeat);
         }
+        if self.auto_failover && self.voters.len() == 2 && self.voters.iter().all(|v| !v.witness) {
+            return Err(ControlError::TwoMembersNeedWitness);
+        }
         if self.lease_timeout >= self.failover_timeout {
             return Err(ControlError::LeaseNotBelowFailover {
                 lease: self.lease_timeout,
@@ -168,6 +203,13 @@ impl EngineConfig {
     /// Majority of all voters.
     pub fn quorum(&self) -> usize {
         self.voters.len() / 2 + 1
+    }
+
+    /// Two members, no witness, automatic failover off: only an operator
+    /// promotes, so the active's lease does not need the passive's answers
+    /// once the passive has confirmed the active's epoch.
+    pub fn manual_pair(&self) -> bool {
+        !self.auto_failover && self.voters.len() == 2 && self.voters.iter().all(|v| !v.witness)
     }
 
     /// Whether this member is a witness.

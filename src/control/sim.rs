@@ -600,12 +600,18 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, payload: Payload) {
-        if self.blocked.contains(&(from, to)) || self.rng.chance(self.p.loss) {
+        // Once healed, the network is a healthy one: rare loss, short delays.
+        let (loss, long_delay) = if self.calm {
+            (0.01, 0.0)
+        } else {
+            (self.p.loss, self.p.long_delay)
+        };
+        if self.blocked.contains(&(from, to)) || self.rng.chance(loss) {
             return;
         }
         let copies = if self.rng.chance(self.p.dup) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = if self.rng.chance(self.p.long_delay) {
+            let delay = if self.rng.chance(long_delay) {
                 self.rng.range(1, 2 * self.p.failover)
             } else {
                 self.rng.range(1, self.p.max_delay)

@@ -25,8 +25,9 @@ pub struct Status {
     pub head_seen: Position,
     pub commit: Position,
     pub paused: bool,
-    /// An active promoted with `promote --force` that has not yet heard from a
-    /// majority: its lease does not depend on one.
+    /// The lease is renewed on the active's own authority, not a majority's:
+    /// after `promote --force` (until a majority follows it), or in a
+    /// two-member cluster without a witness (where only an operator promotes).
     pub forced: bool,
     /// Time since the active (or this member's own lease) was last heard of.
     pub last_heartbeat_ms: Option<Millis>,

@@ -980,13 +980,24 @@ fn a_split_vote_retries_at_a_higher_epoch() {
             refused(2, 705, 2, VoteRefusal::AlreadyVoted { candidate: m("c") }),
         ),
     );
-    assert_eq!(b.step(1304, tick()), vec![]);
+    // The silent voter is asked again every heartbeat interval, with the
+    // original send time (the lease is never counted from a later one).
+    assert_eq!(b.step(804, tick()), vec![]);
+    assert_eq!(
+        b.step(805, tick()),
+        vec![send("a", rv(2, "b", p(1, 10), 705))]
+    );
     let out = b.step(1305, Event::Tick { jitter: 0 });
     assert_eq!(out[0], send("a", prv(3, "b", p(1, 10), 1305)));
     let report = b.status(1305).last_election.expect("a report");
     assert_eq!(report.epoch, Epoch(2));
     assert!(!report.won);
     assert_eq!(report.unreachable, vec![m("a")]);
+    assert_eq!(
+        b.not_promoting(1305),
+        vec![],
+        "standing again: nothing keeps it from promoting"
+    );
 }
 
 #[test]
@@ -1076,4 +1087,46 @@ fn a_repeated_grant_renews_the_promise_not_to_stand() {
             send("c", granted(3, 1301)),
         ]
     );
+}
+
+#[test]
+fn a_two_member_cluster_without_witness_is_manual_and_keeps_writing_alone() {
+    let pair = [("a", false), ("b", false)];
+    let mut auto = cfg_with("a", &pair);
+    assert!(matches!(
+        Engine::new(auto.clone(), passive(1, "a", p(1, 1)), 0),
+        Err(ControlError::TwoMembersNeedWitness)
+    ));
+    auto.auto_failover = false;
+    let s = PersistedState {
+        role: Role::Active,
+        ..passive(1, "a", p(1, 1))
+    };
+    let (mut a, _) = Engine::new(auto, s, 0).unwrap();
+    // After a restart it still waits for the peer to confirm its epoch ...
+    assert_eq!(a.step(0, tick()), heartbeats(1, 0, p(1, 1), &["b"]));
+    assert_eq!(a.step(2000, tick()), heartbeats(1, 2000, p(1, 1), &["b"]));
+    assert!(!a.is_writable());
+    assert_eq!(
+        a.step(2001, recv("b", ack(1, 2000, p(1, 1)))),
+        vec![
+            Action::RenewLease { until: 2500 },
+            Action::Unfence { epoch: Epoch(1) },
+            Action::RunHook(Hook::OnPromote),
+            Action::StartShipping,
+        ]
+    );
+    // ... then keeps its lease on its own when the passive goes away.
+    for t in (2100..10_000).step_by(100) {
+        let out = a.step(t, tick());
+        assert_eq!(out[0], Action::RenewLease { until: t + LEASE }, "at {t}");
+    }
+    assert!(a.is_writable());
+    assert!(a.status(10_000).forced);
+    // The passive never stands; promote --force is the way.
+    let mut b_cfg = cfg_with("b", &pair);
+    b_cfg.auto_failover = false;
+    let mut b = start(b_cfg, passive(1, "a", p(1, 1)), 0);
+    assert_eq!(b.step(10_000, tick()), vec![]);
+    assert_eq!(b.not_promoting(10_000), vec![NotPromoting::AutoFailoverOff]);
 }
