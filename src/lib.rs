@@ -6,6 +6,7 @@ pub mod bench;
 pub mod capture;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod localcluster;
 pub mod model;
 pub mod replication;
