@@ -64,11 +64,13 @@
 //!   inflates epochs and never deposes a healthy active when it returns.
 
 mod actions;
+pub mod driver;
 mod election;
 mod engine;
 mod events;
 mod lease;
 mod status;
+pub mod witness_file;
 
 #[cfg(test)]
 mod sim;

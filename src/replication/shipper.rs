@@ -106,6 +106,9 @@ where
                 Ok(Some(ClientMsg::Hello(_))) => {
                     break Some("a second hello on an open stream".to_string());
                 }
+                Ok(Some(ClientMsg::ControlHello(_) | ClientMsg::Control(_))) => {
+                    break Some("a controller frame on a replication stream".to_string());
+                }
                 Ok(None) => break None,
                 Err(e) => break Some(e.to_string()),
             }

@@ -64,6 +64,16 @@ pub enum ClientMsg {
         applied: Position,
     },
     Heartbeat(Heartbeat),
+    /// Opens a promotion-controller stream instead of a replication stream:
+    /// the same checks as [`ClientMsg::Hello`], answered with `Welcome` or
+    /// `Refuse`, after which only [`ClientMsg::Control`] frames follow. Any
+    /// member accepts it, whatever its role (votes and heartbeats flow
+    /// between all voters). Appended after the existing variants, so their
+    /// encoding is unchanged.
+    ControlHello(Hello),
+    /// One promotion-controller message; the sender is the peer named by
+    /// the connection's certificate, never a field inside the message.
+    Control(crate::control::Message),
 }
 
 /// Sent by the side that accepted.
