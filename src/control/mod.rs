@@ -69,6 +69,7 @@ mod election;
 mod engine;
 mod events;
 mod lease;
+pub mod peer_net;
 mod status;
 pub mod witness_file;
 
