@@ -483,4 +483,109 @@ mod tests {
         // The dialler closed its side: the server ends cleanly.
         assert!(serve.await.unwrap().is_ok());
     }
+
+    fn status_of(me: &str) -> Status {
+        use crate::control::{Engine, EngineConfig, PersistedState, Voter};
+        let cfg = EngineConfig {
+            me: MemberId::new(me),
+            voters: ["a", "b"]
+                .iter()
+                .map(|m| Voter {
+                    id: MemberId::new(*m),
+                    witness: false,
+                })
+                .collect(),
+            heartbeat_interval: 100,
+            lease_timeout: 250,
+            failover_timeout: 300,
+            switchover_timeout: 3000,
+            max_failover_lag: 1000,
+            auto_failover: false,
+            no_failover: false,
+            priority: 0,
+        };
+        let persisted = PersistedState {
+            epoch: Epoch(1),
+            active: Some(MemberId::new("a")),
+            role: Role::Passive,
+            vote: None,
+            paused: false,
+            position: Position::new(1, 3),
+        };
+        let (engine, _) = Engine::new(cfg, persisted, 0).unwrap();
+        engine.status(0)
+    }
+
+    #[tokio::test]
+    async fn messages_cross_real_mutual_tls_and_survive_a_late_listener() {
+        use crate::certs::{ca_cert_path, init_certs, member_cert_path, member_key_path};
+        use crate::config::TlsPaths;
+        let dir = tempfile::tempdir().unwrap();
+        let members = [MemberId::new("a"), MemberId::new("b")];
+        init_certs(dir.path(), &members, false).unwrap();
+        let ctx = |me: &str, peer: &str| {
+            let paths = TlsPaths {
+                ca: ca_cert_path(dir.path()),
+                cert: member_cert_path(dir.path(), &MemberId::new(me)),
+                key: member_key_path(dir.path(), &MemberId::new(me)),
+            };
+            TlsContext::load(&paths, vec![MemberId::new(peer)]).unwrap()
+        };
+        let (tls_a, tls_b) = (ctx("a", "b"), ctx("b", "a"));
+        // Reserve b's port, but accept only after a has started dialling, so
+        // the first attempts fail and the queue must hold the message.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+
+        let (_st_tx, st_rx) = watch::channel(status_of("a"));
+        let (sd_tx, sd_rx) = watch::channel(false);
+        let net = TlsPeerNet::start(
+            DialParams {
+                tls: tls_a,
+                cluster: "prod".into(),
+                me: MemberId::new("a"),
+                status: st_rx,
+                shutdown: sd_rx,
+            },
+            vec![(MemberId::new("b"), addr.clone())],
+        );
+        net.send(&MemberId::new("b"), hb(1));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let welcome = welcome_hello("prod", &status_of("b"));
+        let server = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let Ok((peer, stream)) = tls_b.accept(tcp).await else {
+                    continue;
+                };
+                let (r, w) = tokio::io::split(stream);
+                let mut reader: FrameReader<_, ClientMsg> = FrameReader::new(r);
+                let writer: FrameWriter<_, ServerMsg> = FrameWriter::new(w);
+                if let Ok(Some(ClientMsg::ControlHello(h))) = reader.recv().await {
+                    let _ = serve_control_stream(
+                        "prod",
+                        welcome.clone(),
+                        peer,
+                        h,
+                        reader,
+                        writer,
+                        tx.clone(),
+                    )
+                    .await;
+                }
+            }
+        });
+        let got = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        assert_eq!(got.unwrap(), Some((MemberId::new("a"), hb(1))));
+        net.send(&MemberId::new("b"), hb(2));
+        let got = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        assert_eq!(got.unwrap(), Some((MemberId::new("a"), hb(2))));
+        assert_eq!(net.dropped(&MemberId::new("b")), 0);
+        sd_tx.send(true).unwrap();
+        server.abort();
+    }
 }
