@@ -139,6 +139,9 @@ pub trait ControlStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), ControlStoreError>> + Send;
     /// The change-log head, read after a fence took effect.
     fn head(&self) -> impl Future<Output = Result<Position, ControlStoreError>> + Send;
+    /// The durable state, as at start-up (read again to restart the engine
+    /// after a durable action failed).
+    fn load(&self) -> impl Future<Output = Result<PersistedState, ControlStoreError>> + Send;
 }
 
 impl ControlStore for std::sync::Arc<AnyStore> {
@@ -169,6 +172,9 @@ impl ControlStore for std::sync::Arc<AnyStore> {
         // head a switchover waits for includes it.
         self.sequence().await?;
         Ok(self.state().await?.position)
+    }
+    async fn load(&self) -> Result<PersistedState, ControlStoreError> {
+        Ok(PersistedState::from_replication_state(&self.state().await?))
     }
 }
 
@@ -245,6 +251,11 @@ struct ActionFailed {
 /// The engine and the IO it drives.
 pub struct Driver<S, N, R, C = BootClock> {
     engine: Engine,
+    cfg: EngineConfig,
+    /// A durable action failed: the engine's mirror of the durable state may
+    /// be wrong. The member stays silent (no steps, no sends) until the
+    /// engine has been rebuilt from the store.
+    needs_restart: bool,
     me: MemberId,
     witness: bool,
     store: S,
@@ -278,10 +289,12 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         let jitter_bound = (cfg.failover_timeout / 2).max(1);
         let me = cfg.me.clone();
         let witness = cfg.is_witness();
-        let (engine, startup) = Engine::new(cfg, persisted, now)?;
+        let (engine, startup) = Engine::new(cfg.clone(), persisted, now)?;
         let (status_tx, status_rx) = watch::channel(engine.status(now));
         let mut d = Driver {
             engine,
+            cfg,
+            needs_restart: false,
             me,
             witness,
             store,
@@ -299,8 +312,7 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
             active = %d.engine.active().map(ToString::to_string).unwrap_or_default(),
             seed, "promotion controller starting"
         );
-        let (notices, failed) = d.execute_all(startup, "start-up").await;
-        drop(notices);
+        let (_notices, failed) = d.execute_all(startup, "start-up").await;
         if let Some(f) = failed {
             return Err(DriverError::Startup(f.error));
         }
@@ -328,7 +340,17 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
             // Tick at the engine's deadline, and at least every
             // heartbeat / 4 even while messages keep arriving; never twice
             // in one millisecond (a deadline already past must not spin).
-            let due = next_tick.min(self.engine.next_deadline());
+            if self.needs_restart && now >= next_tick {
+                self.restart().await;
+                last_tick = now;
+                next_tick = now.saturating_add(self.tick_every);
+                continue;
+            }
+            let due = if self.needs_restart {
+                next_tick
+            } else {
+                next_tick.min(self.engine.next_deadline())
+            };
             if now >= due && now > last_tick {
                 let jitter = self.rng.below(self.jitter_bound);
                 self.handle(Event::Tick { jitter }, "tick").await;
@@ -346,9 +368,11 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                     }
                 }
                 m = io.inbound.recv(), if inbound_open => match m {
-                    Some((from, msg)) => {
+                    Some((from, msg)) if !self.needs_restart => {
                         self.handle(Event::Received { from, msg }, "message").await;
                     }
+                    // Silent while restarting: peers treat it as unreachable.
+                    Some(_) => {}
                     None => inbound_open = false,
                 },
                 c = io.commands.recv(), if commands_open => match c {
@@ -358,7 +382,9 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                 r = io.position.changed(), if position_open => match r {
                     Ok(()) => {
                         let position = *io.position.borrow_and_update();
-                        self.handle(Event::Position { position }, "position").await;
+                        if !self.needs_restart {
+                            self.handle(Event::Position { position }, "position").await;
+                        }
                     }
                     Err(_) => position_open = false,
                 },
@@ -368,13 +394,55 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         tracing::info!(member = %self.me, "promotion controller stopped");
     }
 
+    /// Rebuild the engine from the durable state after a durable action
+    /// failed, and run its start-up actions (an active fences itself and
+    /// must win a majority's answers again). Retried every tick until the
+    /// store answers.
+    async fn restart(&mut self) {
+        let persisted = match self.store.load().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(member = %self.me, error = %e, "controller restart: durable state unreadable; retrying");
+                return;
+            }
+        };
+        let now = self.clock.now();
+        let (engine, startup) = match Engine::new(self.cfg.clone(), persisted, now) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(member = %self.me, error = %e, "controller restart refused");
+                return;
+            }
+        };
+        let before = self.role_view();
+        self.engine = engine;
+        self.needs_restart = false;
+        self.log_role_change(before, "controller restarted from the durable state");
+        let (_notices, failed) = self.execute_all(startup, "restart").await;
+        if failed.is_none() {
+            tracing::info!(member = %self.me, "controller restarted from the durable state");
+        }
+        self.publish();
+    }
+
     /// One operator command.
     async fn command(&mut self, req: CommandRequest) {
         let is_switchover = matches!(req.command, Command::Switchover { .. });
         tracing::info!(member = %self.me, command = ?req.command, "operator command");
+        if self.needs_restart {
+            let _ = req.reply.send(CommandOutcome {
+                notices: Vec::new(),
+                failed: Some(
+                    "the controller is restarting after a failed database write; try again".into(),
+                ),
+                status: self.status_tx.borrow().clone(),
+            });
+            return;
+        }
         let (notices, failed) = self
             .step(Event::Command(req.command), "operator command")
             .await;
+        self.settle_switchover(&notices, &failed);
         let refused = notices
             .iter()
             .any(|n| matches!(n, Notice::CommandRefused { .. }));
@@ -402,22 +470,28 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
 
     async fn handle(&mut self, event: Event, what: &'static str) {
         let (notices, failed) = self.step(event, what).await;
-        if let Some(reply) = self.pending_switchover.take() {
-            let ended = notices.iter().any(|n| {
+        self.settle_switchover(&notices, &failed);
+    }
+
+    /// Answer a waiting switchover once it has ended (or a durable action
+    /// failed, which ends it too).
+    fn settle_switchover(&mut self, notices: &[Notice], failed: &Option<String>) {
+        let ended = failed.is_some()
+            || notices.iter().any(|n| {
                 matches!(
                     n,
                     Notice::SwitchoverHandedOver { .. } | Notice::SwitchoverFailed { .. }
                 )
             });
-            if ended {
-                let _ = reply.send(CommandOutcome {
-                    notices,
-                    failed: failed.map(|f| f.to_string()),
-                    status: self.status_tx.borrow().clone(),
-                });
-            } else {
-                self.pending_switchover = Some(reply);
-            }
+        if !ended {
+            return;
+        }
+        if let Some(reply) = self.pending_switchover.take() {
+            let _ = reply.send(CommandOutcome {
+                notices: notices.to_vec(),
+                failed: failed.clone(),
+                status: self.status_tx.borrow().clone(),
+            });
         }
     }
 
@@ -504,6 +578,7 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                     "durable controller action failed; dropping the rest of its actions and fencing"
                 );
                 self.fence_after_failure(&action).await;
+                self.needs_restart = true;
                 return Err(ActionFailed { action, error });
             }
         }
@@ -616,8 +691,14 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
     }
 
     fn publish(&self) {
-        self.status_tx
-            .send_replace(self.engine.status(self.clock.now()));
+        let mut status = self.engine.status(self.clock.now());
+        if self.needs_restart && status.role == Role::Active {
+            // The engine's view is stale until it is rebuilt; the database
+            // was fenced (or its lease is running out).
+            status.role = Role::Fenced;
+            status.lease_remaining_ms = None;
+        }
+        self.status_tx.send_replace(status);
     }
 }
 

@@ -283,6 +283,9 @@ impl ControlStore for WitnessFile {
     async fn head(&self) -> Result<Position, ControlStoreError> {
         Ok(Position::ZERO)
     }
+    async fn load(&self) -> Result<PersistedState, ControlStoreError> {
+        Ok(self.state().await.to_persisted())
+    }
 }
 
 #[cfg(test)]

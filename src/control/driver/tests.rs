@@ -22,13 +22,16 @@ struct FakeStore {
     log: Log,
     /// Operations that fail (by name).
     fail: Arc<Mutex<Vec<&'static str>>>,
+    /// What `load` returns.
+    persisted: PersistedState,
 }
 
 impl FakeStore {
-    fn new(log: Log) -> FakeStore {
+    fn new(log: Log, persisted: PersistedState) -> FakeStore {
         FakeStore {
             log,
             fail: Arc::default(),
+            persisted,
         }
     }
     fn op(&self, name: &'static str, detail: String) -> Result<(), ControlStoreError> {
@@ -67,6 +70,10 @@ impl ControlStore for FakeStore {
     async fn head(&self) -> Result<Position, ControlStoreError> {
         self.op("head", String::new())?;
         Ok(Position::new(1, 10))
+    }
+    async fn load(&self) -> Result<PersistedState, ControlStoreError> {
+        self.op("load", String::new())?;
+        Ok(self.persisted.clone())
     }
 }
 
@@ -180,7 +187,7 @@ struct Member {
 
 async fn build(me: &str, inboxes: &Inboxes, seed: u64) -> (TestDriver, DriverIo, Member) {
     let log: Log = Arc::default();
-    let store = FakeStore::new(log.clone());
+    let store = FakeStore::new(log.clone(), persisted(me));
     let (in_tx, in_rx) = mpsc::channel(64);
     inboxes.lock().unwrap().insert(MemberId::new(me), in_tx);
     let net = FakeNet {
@@ -464,4 +471,69 @@ fn the_boot_clock_moves_forward() {
     std::thread::sleep(Duration::from_millis(5));
     let t1 = c.now();
     assert!(t1 >= t0 + 5, "{t0} {t1}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_failed_renewal_the_active_fences_restarts_and_the_cluster_recovers() {
+    let inboxes: Inboxes = Arc::default();
+    let a = spawn("a", &inboxes, 21).await;
+    let b = spawn("b", &inboxes, 22).await;
+    let c = spawn("c", &inboxes, 23).await;
+    assert!(
+        until(Duration::from_secs(5), || a.status.borrow().role
+            == Role::Active)
+        .await
+    );
+
+    a.store.fail.lock().unwrap().push("renew_lease");
+    assert!(
+        until(Duration::from_secs(2), || a.status.borrow().role
+            != Role::Active)
+        .await,
+        "{:?}",
+        *a.status.borrow()
+    );
+    let la = entries(&a.log);
+    let failed = la
+        .iter()
+        .position(|e| e.starts_with("FAILED renew_lease"))
+        .expect("the renewal failed");
+    assert_eq!(
+        la.get(failed + 1).map(String::as_str),
+        Some("set_role fenced e1"),
+        "{la:?}"
+    );
+    // The engine is rebuilt from the durable state.
+    assert!(
+        until(Duration::from_secs(1), || entries(&a.log)[failed..]
+            .iter()
+            .any(|e| e == "load "))
+        .await,
+        "{:?}",
+        entries(&a.log)
+    );
+
+    a.store.fail.lock().unwrap().clear();
+    // Once the database answers again, one active leads and all agree on it.
+    let agreed = until(Duration::from_secs(10), || {
+        let s: Vec<Status> = [&a, &b, &c]
+            .iter()
+            .map(|m| m.status.borrow().clone())
+            .collect();
+        let actives = s.iter().filter(|x| x.role == Role::Active).count();
+        actives == 1
+            && s.windows(2)
+                .all(|w| (w[0].epoch, &w[0].active) == (w[1].epoch, &w[1].active))
+    })
+    .await;
+    assert!(
+        agreed,
+        "a {:?}\nb {:?}\nc {:?}",
+        *a.status.borrow(),
+        *b.status.borrow(),
+        *c.status.borrow()
+    );
+    for m in [a, b, c] {
+        m.task.abort();
+    }
 }
