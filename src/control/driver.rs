@@ -96,6 +96,13 @@ impl Clock for TokioClock {
     }
 }
 
+/// A fresh seed for the tick jitter, different in every process (so members
+/// that lost the same active do not draw the same delays). Log it: a run is
+/// reproduced by passing the same seed to [`Driver::start`].
+pub fn random_seed() -> u64 {
+    rand::random()
+}
+
 /// A durable action that could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlStoreError {
