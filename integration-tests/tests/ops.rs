@@ -439,10 +439,12 @@ async fn haproxy_routes_to_the_active_only() {
     let mut cl = start_cluster(dir.path(), false);
     converge_started(&cl).await;
     let front = free_addr();
+    let sock = dir.path().join("haproxy.sock");
     let mut cfg = format!(
-        "global\n    maxconn 256\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 1s\n\n\
+        "global\n    maxconn 256\n    stats socket {}\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 1s\n\n\
          frontend app\n    bind {front}\n    default_backend active\n\n\
-         backend active\n    option httpchk GET /active\n    http-check expect status 200\n    default-server inter 200ms fall 1 rise 1\n"
+         backend active\n    option httpchk GET /active\n    http-check expect status 200\n    default-server inter 200ms fall 1 rise 1\n",
+        sock.display()
     );
     for m in &cl.members {
         cfg.push_str(&format!("    server {} {} check\n", m.id, m.status));
@@ -474,9 +476,18 @@ async fn haproxy_routes_to_the_active_only() {
     let through = |front: String| async move {
         client::request(&front, "GET", "/status", None, None, Duration::from_secs(3)).await
     };
-    wait_until(Duration::from_secs(20), "HAProxy to route to a", || async {
-        matches!(through(front.clone()).await, Ok(r) if r.code == 200)
-    })
+    // HAProxy takes servers as up until their first check has run: wait
+    // until the checks have marked the passives down.
+    wait_until(
+        Duration::from_secs(20),
+        "HAProxy's checks: a up, b and c down",
+        || async {
+            let st = haproxy_states(&sock).await;
+            st.get("a").map(String::as_str) == Some("UP")
+                && st.get("b").map(String::as_str) == Some("DOWN")
+                && st.get("c").map(String::as_str) == Some("DOWN")
+        },
+    )
     .await
     .unwrap();
     for _ in 0..30 {
@@ -508,6 +519,29 @@ async fn haproxy_routes_to_the_active_only() {
     })
     .await
     .unwrap();
+}
+
+/// Server name -> status ("UP", "DOWN", ...) of the `active` backend, from
+/// HAProxy's stats socket (`show stat`, CSV).
+async fn haproxy_states(sock: &Path) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(mut s) = tokio::net::UnixStream::connect(sock).await else {
+        return out;
+    };
+    if s.write_all(b"show stat\n").await.is_err() {
+        return out;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    // Columns: pxname, svname, ..., status is the 18th (index 17).
+    for line in text.lines().filter(|l| l.starts_with("active,")) {
+        let cols: Vec<&str> = line.split(',').collect();
+        if let (Some(sv), Some(st)) = (cols.get(1), cols.get(17)) {
+            out.insert(sv.to_string(), st.to_string());
+        }
+    }
+    out
 }
 
 async fn converge_started(cl: &LocalCluster) {
