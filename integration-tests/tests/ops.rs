@@ -462,6 +462,19 @@ async fn haproxy_routes_to_the_active_only() {
         "haproxy -c: {}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // The shipped example is valid too.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/haproxy.cfg");
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "config/haproxy.cfg: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let _proxy = Guard(
         Command::new(&haproxy)
             .arg("-db")
