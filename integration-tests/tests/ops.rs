@@ -588,6 +588,7 @@ async fn status_command_shows_the_cluster_and_fails_clearly() {
     // The table, from a passive's endpoint.
     let o = run_cli(&["status", "--url", &b_url]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{out}");
     assert!(o.status.success(), "{o:?}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].contains("active a"), "{out}");
@@ -632,6 +633,7 @@ async fn status_command_shows_the_cluster_and_fails_clearly() {
     let o = run_cli(&["status", "--url", &b_url]);
     assert!(o.status.success(), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    eprintln!("{out}");
     assert!(
         out.lines()
             .any(|l| l.starts_with("c ") && l.contains("unreachable")),
