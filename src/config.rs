@@ -119,6 +119,8 @@ pub struct StatusConfig {
     pub listen: SocketAddr,
     /// Bearer token for the POST endpoints. Never printed.
     pub token: String,
+    /// Serve HTTPS with the member's own certificate and key (`[tls]`).
+    pub tls: bool,
 }
 
 impl fmt::Debug for StatusConfig {
@@ -126,6 +128,7 @@ impl fmt::Debug for StatusConfig {
         f.debug_struct("StatusConfig")
             .field("listen", &self.listen)
             .field("token", &"<redacted>")
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -279,6 +282,7 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("replication", "retain_min_age_ms", Kind::Int),
     ("status", "listen", Kind::Str),
     ("status", "token", Kind::Str),
+    ("status", "tls", Kind::Bool),
     ("tls", "ca", Kind::Str),
     ("tls", "cert", Kind::Str),
     ("tls", "key", Kind::Str),
@@ -445,6 +449,8 @@ fn d_retain_age() -> u64 {
 struct RawStatus {
     listen: String,
     token: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Deserialize)]
@@ -625,6 +631,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
     let status = StatusConfig {
         listen: addr("status.listen", &raw.status.listen)?,
         token: raw.status.token.clone(),
+        tls: raw.status.tls,
     };
 
     let data_members = peers.iter().filter(|p| !p.witness).count() + usize::from(!raw.witness);
@@ -761,6 +768,12 @@ on_promote = "/usr/local/bin/start-scheduler"
         );
         assert_eq!(c.replication.heartbeat_interval, Duration::from_millis(250));
         assert!(!c.auto_failover);
+        assert!(!c.status.tls);
+        let c = parse(GOOD, &[("UNDERSTUDY_STATUS_TLS", "true")]).unwrap();
+        assert!(c.status.tls);
+        let with = GOOD.replace("token = \"change-me\"", "token = \"change-me\"\ntls = true");
+        assert!(parse(&with, &[]).unwrap().status.tls);
+        assert!(!format!("{:?}", c.status).contains("change-me"));
     }
 
     #[test]

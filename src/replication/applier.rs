@@ -146,10 +146,14 @@ async fn session(
                     ServerMsg::Batch(b) => {
                         node.live.heard_active(b.head, Instant::now());
                         let Some(store) = store else { continue };
+                        let started = Instant::now();
                         let pos = match store.apply(&b.changes, b.commit).await {
                             Ok(p) => p,
                             Err(e) => break Err(e.into()),
                         };
+                        node.metrics.apply_seconds.observe(started.elapsed());
+                        node.metrics.batches_applied.inc();
+                        node.metrics.changes_applied.add(b.changes.len() as u64);
                         if b.commit {
                             node.live.applied(pos);
                             node.live.database(Ok(()));
@@ -159,6 +163,7 @@ async fn session(
                         }
                     }
                     ServerMsg::Heartbeat(h) => {
+                        node.metrics.heartbeats_received.inc();
                         node.live.heard_active(h.position, Instant::now());
                     }
                     ServerMsg::Refuse { reason } => {
@@ -179,6 +184,7 @@ async fn session(
                 if let Err(e) = writer.send(&ClientMsg::Heartbeat(hb)).await {
                     break Err(e.into());
                 }
+                node.metrics.heartbeats_sent.inc();
             }
             _ = shutdown.changed() => break Ok(()),
         }

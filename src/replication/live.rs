@@ -22,6 +22,8 @@ pub struct PeerLive {
     pub behind_since: Option<Instant>,
     pub last_seen: Option<Instant>,
     pub witness: bool,
+    /// The peer's status endpoint address, from the config.
+    pub status: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +67,9 @@ pub struct PeerStatus {
     pub lag_changes: u64,
     pub lag_ms: u64,
     pub witness: bool,
+    /// The peer's status endpoint address (host:port), so a tool asking one
+    /// member can find the others.
+    pub status: Option<String>,
 }
 
 /// The `/status` document (fields fixed by the operator contract).
@@ -218,6 +223,7 @@ impl Live {
                         lag_changes: behind.0,
                         lag_ms: behind.1,
                         witness: p.witness,
+                        status: p.status.clone(),
                     }
                 })
                 .collect();

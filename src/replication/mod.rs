@@ -16,6 +16,7 @@ pub mod shipper;
 
 use crate::config::Config;
 use crate::model::{Epoch, MemberId};
+use crate::status::metrics::Metrics;
 use crate::store::StoreError;
 use crate::transport::TransportError;
 use crate::wire::WireError;
@@ -58,6 +59,8 @@ pub struct NodeCtx {
     pub member: MemberId,
     pub live: Arc<Live>,
     pub limits: Limits,
+    /// Counters for `/metrics`, bumped where the events happen.
+    pub metrics: Arc<Metrics>,
     epoch: AtomicU64,
     batches_sent: AtomicU64,
 }
@@ -75,6 +78,7 @@ impl NodeCtx {
             config,
             live,
             limits,
+            metrics: Arc::new(Metrics::default()),
             epoch: AtomicU64::new(epoch.0),
             batches_sent: AtomicU64::new(0),
         }
@@ -90,6 +94,7 @@ impl NodeCtx {
 
     pub fn metrics_batch_sent(&self) {
         self.batches_sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batches_shipped.inc();
     }
 
     pub fn batches_sent(&self) -> u64 {

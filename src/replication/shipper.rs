@@ -89,6 +89,7 @@ where
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     let ack_live = live.clone();
     let ack_peer = peer.clone();
+    let ack_metrics = node.metrics.clone();
     let acks = tokio::spawn(async move {
         let reason = loop {
             match reader.recv().await {
@@ -96,6 +97,7 @@ where
                     ack_live.peer_acked(&ack_peer, applied, Instant::now())
                 }
                 Ok(Some(ClientMsg::Heartbeat(h))) => {
+                    ack_metrics.heartbeats_received.inc();
                     ack_live.update(|s| {
                         if let Some(p) = s.peers.get_mut(&ack_peer) {
                             p.last_seen = Some(Instant::now());
@@ -138,16 +140,22 @@ where
             };
             // A commit point only where the log had its head at some instant.
             let commit = last.seq >= head.seq || read.at_head;
+            let n_changes = read.changes.len() as u64;
             let batch = Batch {
                 changes: read.changes,
                 commit,
                 head,
                 sent_at_ms: now_ms(),
             };
+            let before = writer.bytes_written();
             if let Err(e) = writer.send(&ServerMsg::Batch(batch)).await {
                 break Err(e.into());
             }
             node.metrics_batch_sent();
+            node.metrics.changes_shipped.add(n_changes);
+            node.metrics
+                .bytes_shipped
+                .add(writer.bytes_written().saturating_sub(before));
             cursor = last.seq;
             last_sent = Instant::now();
             continue;
@@ -172,6 +180,7 @@ where
                 if let Err(e) = writer.send(&ServerMsg::Heartbeat(hb)).await {
                     break Err(e.into());
                 }
+                node.metrics.heartbeats_sent.inc();
                 last_sent = Instant::now();
             }
             reason = &mut closed_rx => {
