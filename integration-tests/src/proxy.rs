@@ -89,6 +89,9 @@ impl Shared {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Callers hold the faults lock, so a new connection sees either the
+    /// old faults and the old generation (and is then closed) or the new
+    /// faults and the new generation, never a mix.
     fn close_all(&self) {
         self.generation.send_modify(|g| *g += 1);
     }
@@ -206,7 +209,8 @@ impl FaultProxy {
     /// Partition the upstream away. `Refuse` also closes every open
     /// connection now; `Blackhole` leaves them open and silent.
     pub fn partition(&self, mode: Mode) {
-        self.shared.faults().partition = Some(mode);
+        let mut f = self.shared.faults();
+        f.partition = Some(mode);
         if mode == Mode::Refuse {
             self.shared.close_all();
         }
@@ -223,7 +227,6 @@ impl FaultProxy {
         f.partition = None;
         f.cut_to_upstream = false;
         f.cut_from_upstream = false;
-        drop(f);
         if was_faulty {
             self.shared.close_all();
         }
@@ -300,14 +303,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
-        let shared = shared.clone();
+        // Counted here rather than in the task, so `open` includes a
+        // connection as soon as `accepted` does.
+        shared.open.fetch_add(1, Ordering::SeqCst);
+        let open = OpenGuard(shared.clone());
         tokio::spawn(async move {
-            shared.open.fetch_add(1, Ordering::SeqCst);
-            let _open = OpenGuard(&shared);
+            let shared = &open.0;
             let generation = shared.generation.subscribe();
-            let started = *generation.borrow();
+            // One consistent view of faults and generation (see close_all).
+            let (started, partition) = {
+                let f = shared.faults();
+                (*generation.borrow(), f.partition)
+            };
             tokio::select! {
-                () = serve(client, &shared) => {}
+                () = serve(client, partition, shared) => {}
                 () = closed_by_proxy(generation, started) => {}
             }
         });
@@ -316,9 +325,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Keeps `Counters::open` right however the connection task ends (including
 /// being dropped with the runtime).
-struct OpenGuard<'a>(&'a Shared);
+struct OpenGuard(Arc<Shared>);
 
-impl Drop for OpenGuard<'_> {
+impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
     }
@@ -330,8 +339,7 @@ async fn closed_by_proxy(mut generation: watch::Receiver<u64>, started: u64) {
     let _ = generation.wait_for(|g| *g != started).await;
 }
 
-async fn serve(mut client: TcpStream, shared: &Shared) {
-    let partition = shared.faults().partition;
+async fn serve(mut client: TcpStream, partition: Option<Mode>, shared: &Shared) {
     match partition {
         Some(Mode::Refuse) => return,
         Some(Mode::Blackhole) => {
