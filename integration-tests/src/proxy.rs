@@ -25,8 +25,8 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// Open connections are closed at once and new ones are accepted and
-    /// closed immediately: the peer learns right away (EOF), like a crashed
-    /// host that still answers at the TCP level.
+    /// closed immediately: the peer learns right away (EOF), as when the
+    /// process behind the port has died.
     Refuse,
     /// Open connections stay open but every byte, both ways, is silently
     /// discarded; new connections are accepted and swallowed the same way
