@@ -6,6 +6,7 @@
 //! running (clusters kill theirs on drop).
 
 pub mod pg;
+pub mod proxy;
 pub mod tools;
 
 use std::path::PathBuf;
