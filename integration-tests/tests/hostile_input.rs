@@ -9,7 +9,8 @@
 //!   the TLS port): `integration-tests/tests/hostile_replication.rs` and
 //!   `src/transport/tests.rs`;
 //! - wire allocation bounds under hostile frames: `src/wire/tests.rs`;
-//! - HTTP misuse: the status endpoint's tests in `src/status/`;
+//! - HTTP misuse (404, 405, 401, 413, slow clients, no token or key content
+//!   in answers or logs): `integration-tests/tests/ops.rs`;
 //! - bad command lines and bad config files end to end:
 //!   `integration-tests/tests/cli.rs`.
 //!
