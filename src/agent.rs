@@ -113,6 +113,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .as_ref()
             .map(|d| d.backend_name())
             .unwrap_or("none"),
+        snapshot: None,
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,
@@ -133,11 +134,25 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (head_tx, head_rx) = watch::channel(position);
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(crate::status::serve(
+    let checksums = store.as_ref().map(|s| {
+        Arc::new(crate::replication::marks::ChecksumService {
+            node: node.clone(),
+            store: s.clone(),
+        })
+    });
+    tasks.spawn(crate::status::serve_with_checksums(
         status_listener,
         live.clone(),
+        checksums,
         shutdown.clone(),
     ));
+    if let Some(s) = &store {
+        tasks.spawn(crate::replication::retention::run(
+            node.clone(),
+            s.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(server::serve(
         repl_listener,
         tls.clone(),
