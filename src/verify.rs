@@ -197,7 +197,10 @@ pub async fn run(config: &Config, timeout: Duration) -> Report {
             mismatches: Vec::new(),
         };
     };
-    let slow = timeout + Duration::from_secs(30);
+    // Hashing a large table takes its time on every member: the HTTP wait
+    // covers it; `timeout` bounds only how long a passive may take to reach
+    // the active's position.
+    let slow = timeout + crate::replication::marks::HASH_LIMIT;
     let mut position = None;
     for round in 0..ROUNDS {
         let (p, sums) = match ask(&members[ai].status_addr, "/checksums", slow).await {

@@ -214,7 +214,14 @@ async fn join_by_snapshot(active: B, joiner: B, seed_default: u64) {
     if let Err(e) = wait_until(
         Duration::from_secs(600),
         "the active to trim its log past seq 1",
-        || async { probe.oldest_seq().await.ok().flatten().is_some_and(|o| o > 1) },
+        || async {
+            probe
+                .oldest_seq()
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|o| o > 1)
+        },
     )
     .await
     {
@@ -241,16 +248,20 @@ async fn join_by_snapshot(active: B, joiner: B, seed_default: u64) {
         panic!("{e}");
     }
     // Streams on from the snapshot's position while the writer runs.
-    if let Err(e) = wait_until(Duration::from_secs(120), "c to follow the active", || async {
-        let (Ok(a), Ok(c)) = (cl.status("a").await, cl.status("c").await) else {
-            return false;
-        };
-        let (ah, cp) = (
-            a["position"]["seq"].as_u64().unwrap_or(0),
-            c["position"]["seq"].as_u64().unwrap_or(0),
-        );
-        c["snapshot"].is_null() && cp > 0 && ah.saturating_sub(cp) < 2_000
-    })
+    if let Err(e) = wait_until(
+        Duration::from_secs(120),
+        "c to follow the active",
+        || async {
+            let (Ok(a), Ok(c)) = (cl.status("a").await, cl.status("c").await) else {
+                return false;
+            };
+            let (ah, cp) = (
+                a["position"]["seq"].as_u64().unwrap_or(0),
+                c["position"]["seq"].as_u64().unwrap_or(0),
+            );
+            c["snapshot"].is_null() && cp > 0 && ah.saturating_sub(cp) < 2_000
+        },
+    )
     .await
     {
         dump_logs(&cl);
@@ -341,16 +352,20 @@ async fn change_log_stays_bounded_under_a_steady_writer() {
         "retain_min_changes = 1000\nretain_min_age_ms = 0\nretain_max_changes = 0\nretain_interval_ms = 100\n",
     );
     cl.start_all().unwrap();
-    wait_until(Duration::from_secs(30), "both passives connected", || async {
-        cl.status("a")
-            .await
-            .map(|s| {
-                s["peers"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().filter(|p| p["connected"] == true).count() == 2)
-            })
-            .unwrap_or(false)
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "both passives connected",
+        || async {
+            cl.status("a")
+                .await
+                .map(|s| {
+                    s["peers"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().filter(|p| p["connected"] == true).count() == 2)
+                })
+                .unwrap_or(false)
+        },
+    )
     .await
     .unwrap();
     let a_url = urls[0].1.clone();
@@ -383,7 +398,10 @@ async fn change_log_stays_bounded_under_a_steady_writer() {
     let t = Instant::now();
     write_workload(&a_url, &mut w, CHANGES, 20).await.unwrap();
     let write_secs = t.elapsed().as_secs_f64();
-    if let Err(e) = cl.wait_converged("a", CHANGES, Duration::from_secs(120)).await {
+    if let Err(e) = cl
+        .wait_converged("a", CHANGES, Duration::from_secs(120))
+        .await
+    {
         dump_logs(&cl);
         panic!("{e}");
     }
@@ -408,7 +426,10 @@ async fn change_log_stays_bounded_under_a_steady_writer() {
         );
     }
     let end_rows = log_rows(&a_url).await;
-    assert!(end_rows <= 1_000 + 1, "the active keeps its floor: {end_rows} rows");
+    assert!(
+        end_rows <= 1_000 + 1,
+        "the active keeps its floor: {end_rows} rows"
+    );
     let (code, out) = verify(&cl, "a", false);
     assert_eq!(code, 0, "{out}");
 }
@@ -445,7 +466,8 @@ async fn verify_tamper_resnapshot(b: B, seed_default: u64) {
     assert_eq!(code, 0, "{out}");
 
     // Tamper with one key's metadata on b.
-    let tamper = "UPDATE keys SET meta = '{\"tampered\":true}' WHERE path = (SELECT min(path) FROM keys)";
+    let tamper =
+        "UPDATE keys SET meta = '{\"tampered\":true}' WHERE path = (SELECT min(path) FROM keys)";
     match &urls[1].1 {
         DatabaseUrl::Sqlite(p) => {
             let c = rusqlite::Connection::open(p).unwrap();

@@ -215,20 +215,24 @@ impl Marks {
     }
 
     /// A passive's checksums pinned at `seq`, waiting up to `timeout` for the
-    /// member to get there. `position` reads the member's committed position.
+    /// member to get there (then as long as hashing the pinned read takes,
+    /// up to [`HASH_LIMIT`]). `position` reads the member's committed
+    /// position.
     pub async fn passive_checksums(
         &self,
         seq: u64,
         timeout: Duration,
         position: impl Fn() -> Position,
     ) -> Result<(Position, Vec<TableChecksum>), MarkError> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         loop {
             let changed = self.board_changed.notified();
-            match self.get(seq) {
+            let limit = match self.get(seq) {
                 Some((at, Pinned::Ready(Ok(s)))) => return Ok((at, s)),
                 Some((_, Pinned::Ready(Err(e)))) => return Err(MarkError::Database(e)),
-                Some((_, Pinned::Pending)) => {}
+                // Pinned: the rest is hashing, bounded by the tables' size.
+                Some((_, Pinned::Pending)) => started + HASH_LIMIT,
                 None => {
                     let now_at = position();
                     if now_at.seq > seq {
@@ -236,12 +240,13 @@ impl Marks {
                             "this member is at {now_at}, past seq {seq}, and holds no checksums pinned there; ask the active again"
                         )));
                     }
+                    deadline
                 }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
+            };
+            let left = limit.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(MarkError::Timeout(format!(
-                    "this member did not reach seq {seq} within {} ms (it is at {})",
+                    "no checksums at seq {seq} within {} ms (this member is at {})",
                     timeout.as_millis(),
                     position()
                 )));
@@ -251,6 +256,9 @@ impl Marks {
         }
     }
 }
+
+/// How long hashing a pinned read may take before a request gives up.
+pub const HASH_LIMIT: Duration = Duration::from_secs(1800);
 
 /// `GET /checksums[?at_seq=N&timeout_ms=T]` for one member.
 pub struct ChecksumService {
