@@ -116,6 +116,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .as_ref()
             .map(|d| d.backend_name())
             .unwrap_or("none"),
+        snapshot: None,
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,
@@ -136,18 +137,30 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (head_tx, head_rx) = watch::channel(position);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let checksums = store.as_ref().map(|s| {
+        Arc::new(crate::replication::marks::ChecksumService {
+            node: node.clone(),
+            store: s.clone(),
+        })
+    });
     let status_ctx = crate::status::StatusContext::new(
         &config,
         live.clone(),
         node.metrics.clone(),
         store.clone(),
-    )?;
+    )?
+    .with_checksums(checksums);
     tasks.spawn(crate::status::serve(
         status_listener,
         status_ctx,
         shutdown.clone(),
     ));
     if let Some(s) = &store {
+        tasks.spawn(crate::replication::retention::run(
+            node.clone(),
+            s.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(crate::status::probe::run(
             s.clone(),
             live.clone(),

@@ -112,6 +112,12 @@ pub struct Replication {
     /// changes, and every change younger than `retain_min_age`.
     pub retain_min_changes: u64,
     pub retain_min_age: Duration,
+    /// Retention cap: a passive further behind the head than this many
+    /// changes (or never seen since the agent started) no longer holds the
+    /// active's log back; it gets a snapshot when it returns. 0: no cap.
+    pub retain_max_changes: u64,
+    /// How often the log is trimmed.
+    pub retain_interval: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -280,6 +286,8 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("replication", "batch_max_delay_ms", Kind::Int),
     ("replication", "retain_min_changes", Kind::Int),
     ("replication", "retain_min_age_ms", Kind::Int),
+    ("replication", "retain_max_changes", Kind::Int),
+    ("replication", "retain_interval_ms", Kind::Int),
     ("status", "listen", Kind::Str),
     ("status", "token", Kind::Str),
     ("status", "tls", Kind::Bool),
@@ -414,6 +422,10 @@ struct RawReplication {
     retain_min_changes: u64,
     #[serde(default = "d_retain_age")]
     retain_min_age_ms: u64,
+    #[serde(default = "d_retain_max")]
+    retain_max_changes: u64,
+    #[serde(default = "d_retain_interval")]
+    retain_interval_ms: u64,
 }
 
 fn d_heartbeat() -> u64 {
@@ -442,6 +454,12 @@ fn d_retain_changes() -> u64 {
 }
 fn d_retain_age() -> u64 {
     600_000
+}
+fn d_retain_max() -> u64 {
+    1_000_000
+}
+fn d_retain_interval() -> u64 {
+    5_000
 }
 
 #[derive(Deserialize)]
@@ -609,6 +627,21 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             "batch limits must be at least 1 change and 1024 bytes".into(),
         ));
     }
+    if r.retain_max_changes != 0 && r.retain_max_changes < r.retain_min_changes {
+        return Err(e(
+            "replication.retain_max_changes",
+            format!(
+                "must be 0 (no cap) or at least retain_min_changes ({} < {})",
+                r.retain_max_changes, r.retain_min_changes
+            ),
+        ));
+    }
+    if r.retain_interval_ms < 10 {
+        return Err(e(
+            "replication.retain_interval_ms",
+            "must be at least 10 ms".into(),
+        ));
+    }
     let replication = Replication {
         listen: addr("replication.listen", &r.listen)?,
         heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
@@ -620,6 +653,8 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         batch_max_delay: Duration::from_millis(r.batch_max_delay_ms),
         retain_min_changes: r.retain_min_changes,
         retain_min_age: Duration::from_millis(r.retain_min_age_ms),
+        retain_max_changes: r.retain_max_changes,
+        retain_interval: Duration::from_millis(r.retain_interval_ms),
     };
 
     if raw.status.token.len() < 8 {

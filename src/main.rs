@@ -69,6 +69,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Compare per-table checksums of every data member at one common
+    /// position. Exit 0: all match; 1: a table differs; 2: a member could not
+    /// be verified.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// How long a passive may take to reach the active's position.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Replace this member's data with a snapshot of the active's (its agent
+    /// must be stopped); start the agent again to stream on from there.
+    Resnapshot {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Replication throughput and lag benchmarks.
     Bench(understudy::bench::BenchArgs),
 }
@@ -283,6 +301,56 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             for m in &report.members {
                 println!("{}: {} {}", m.member, m.cert.display(), m.key.display());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Verify {
+            config,
+            json,
+            timeout_secs,
+        } => {
+            let cfg = load(&config)?;
+            let report =
+                understudy::verify::run(&cfg, std::time::Duration::from_secs(timeout_secs)).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&understudy::verify::to_json(&report))?
+                );
+            } else {
+                print!("{}", understudy::verify::render_text(&report));
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Cmd::Resnapshot { config } => {
+            let cfg = load(&config)?;
+            let own = cfg.status.listen;
+            if tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(own),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
+                bail!(
+                    "the agent of member {} answers on its status address {own}: stop it first (a snapshot replaces everything its database holds)",
+                    cfg.member
+                );
+            }
+            let store = open_store(&cfg).await?;
+            store.check_schema().await?;
+            let mut bar = understudy::progress::Bar::stderr();
+            let mut rows = 0;
+            let pulled = understudy::replication::snapshot::pull(&cfg, &store, |p| {
+                rows = p.rows_done;
+                bar.update(p.rows_done, p.rows_total, p.bytes, p.rates().0);
+            })
+            .await;
+            bar.finish();
+            let pos = pulled.context("the snapshot failed; this member's data is unchanged")?;
+            println!(
+                "member {} now holds the active's snapshot at position {pos} ({rows} rows); start its agent to stream on from there",
+                cfg.member
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(args) => understudy::bench::run(args).await,

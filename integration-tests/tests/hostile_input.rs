@@ -381,6 +381,7 @@ fn hello() -> Hello {
         role: Role::Passive,
         epoch: Epoch(3),
         position: Position::new(3, 41),
+        want_snapshot: false,
     }
 }
 

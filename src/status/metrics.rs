@@ -614,6 +614,7 @@ mod tests {
             peers,
             started: Instant::now(),
             backend: "sqlite",
+            snapshot: None,
         })
         .status(Instant::now())
     }

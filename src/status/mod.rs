@@ -43,6 +43,8 @@ pub struct StatusContext {
     pub token: auth::Token,
     /// Set when `[status] tls = true`.
     pub tls: Option<Arc<tls::StatusTls>>,
+    /// Answers `GET /checksums` (members with a database).
+    pub checksums: Option<Arc<crate::replication::marks::ChecksumService>>,
 }
 
 impl StatusContext {
@@ -66,7 +68,17 @@ impl StatusContext {
             control: None,
             token: auth::Token::new(config.status.token.clone()),
             tls,
+            checksums: None,
         })
+    }
+
+    /// Answer `GET /checksums` with `svc`.
+    pub fn with_checksums(
+        mut self,
+        svc: Option<Arc<crate::replication::marks::ChecksumService>>,
+    ) -> Self {
+        self.checksums = svc;
+        self
     }
 
     /// Route the POST actions to a promotion controller.
@@ -81,6 +93,7 @@ impl StatusContext {
             metrics: self.metrics.clone(),
             store: self.store.clone(),
             control: self.control.clone(),
+            checksums: self.checksums.clone(),
             token: self.token.clone(),
         })
     }

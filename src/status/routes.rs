@@ -11,6 +11,7 @@ use super::control::{ControlError, ControlHandle, ControlOutcome, ControlRequest
 use super::metrics::{Metrics, render};
 use crate::model::{MemberId, Role};
 use crate::replication::live::Live;
+use crate::replication::marks::{ChecksumService, MarkError};
 use crate::store::{AnyStore, MemberStore};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -47,6 +48,7 @@ pub struct AppState {
     pub store: Option<Arc<AnyStore>>,
     pub control: Option<ControlHandle>,
     pub token: Token,
+    pub checksums: Option<Arc<ChecksumService>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/passive", get(passive))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
+        .route("/checksums", get(table_checksums))
         .route_layer(middleware::from_fn(request_timeout));
     let actions = Router::new()
         .route("/switchover", post(switchover))
@@ -396,4 +399,46 @@ async fn pause(State(st): State<AppState>, body: Body) -> Result<Response, Fail>
 async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, Fail> {
     parse::<EmptyBody>(body).await?;
     Ok(forward(&st, ControlRequest::Resume).await)
+}
+
+#[derive(serde::Deserialize)]
+struct ChecksumQuery {
+    at_seq: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /checksums`: per-table checksums and the exact position they were
+/// taken at. On the active: at its head (and marked for its passives). On a
+/// passive with `at_seq=N`: at exactly N, waiting up to `timeout_ms` (default
+/// 30 s) for the member to get there; 409 when it passed N without a mark.
+async fn table_checksums(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<ChecksumQuery>,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let Some(svc) = st.checksums else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "this member has no database"})),
+        )
+            .into_response();
+    };
+    let timeout = std::time::Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(600_000));
+    match svc.answer(q.at_seq, timeout).await {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => {
+            let code = match e {
+                MarkError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                MarkError::Passed(_) => StatusCode::CONFLICT,
+                MarkError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                MarkError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            (
+                code,
+                axum::Json(serde_json::json!({"error": e.to_string()})),
+            )
+                .into_response()
+        }
+    }
 }
