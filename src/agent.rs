@@ -25,6 +25,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    StatusTls(#[from] crate::status::tls::StatusTlsError),
     #[error("cannot listen on {what} address {addr}: {reason}")]
     Bind {
         what: &'static str,
@@ -88,6 +90,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
                 p.member.clone(),
                 PeerLive {
                     witness: p.witness,
+                    status: Some(p.status.clone()),
                     ..PeerLive::default()
                 },
             )
@@ -113,6 +116,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .as_ref()
             .map(|d| d.backend_name())
             .unwrap_or("none"),
+        snapshot: None,
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,
@@ -133,11 +137,41 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (head_tx, head_rx) = watch::channel(position);
 
     let mut tasks = tokio::task::JoinSet::new();
+    let checksums = store.as_ref().map(|s| {
+        Arc::new(crate::replication::marks::ChecksumService {
+            node: node.clone(),
+            store: s.clone(),
+        })
+    });
+    let status_ctx = crate::status::StatusContext::new(
+        &config,
+        live.clone(),
+        node.metrics.clone(),
+        store.clone(),
+    )?
+    .with_checksums(checksums);
     tasks.spawn(crate::status::serve(
         status_listener,
-        live.clone(),
+        status_ctx,
         shutdown.clone(),
     ));
+    if let Some(s) = &store {
+        tasks.spawn(crate::replication::retention::run(
+            node.clone(),
+            s.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::status::probe::run(
+            s.clone(),
+            live.clone(),
+            node.metrics.clone(),
+            config
+                .replication
+                .heartbeat_interval
+                .max(Duration::from_secs(1)),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(server::serve(
         repl_listener,
         tls.clone(),
@@ -157,6 +191,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             tasks.spawn(renew_lease(
                 s.clone(),
                 live.clone(),
+                node.metrics.clone(),
                 config.replication.heartbeat_interval,
                 config.replication.lease_timeout,
                 shutdown.clone(),
@@ -198,9 +233,16 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
 
 /// The active renews its database lease every heartbeat. (Quorum-gated
 /// renewal belongs to the promotion controller.)
+///
+/// On shutdown it ends the lease at once (an active that stops on purpose
+/// fences first): the database refuses application writes from then on,
+/// without waiting for `lease_timeout`, and the role stays `active`, so the
+/// next start renews the lease and carries on. Ending it here, in the task
+/// that renews it, means no renewal can race with the ending.
 async fn renew_lease(
     store: Arc<AnyStore>,
     live: Arc<Live>,
+    metrics: Arc<crate::status::metrics::Metrics>,
     every: Duration,
     lease: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -210,7 +252,22 @@ async fn renew_lease(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = crate::status::stopped(&mut shutdown) => {
+                match store.renew_lease(Duration::ZERO).await {
+                    Ok(_) => {
+                        metrics.fences.inc();
+                        tracing::info!(
+                            reason = "graceful stop",
+                            "lease ended: application writes are refused until this agent runs again"
+                        );
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "could not end the lease on stop; it runs out by itself within lease_timeout"
+                    ),
+                }
+                return;
+            }
         }
         match store.renew_lease(lease).await {
             Ok(_) => live.database(Ok(())),

@@ -112,6 +112,12 @@ pub struct Replication {
     /// changes, and every change younger than `retain_min_age`.
     pub retain_min_changes: u64,
     pub retain_min_age: Duration,
+    /// Retention cap: a passive further behind the head than this many
+    /// changes (or never seen since the agent started) no longer holds the
+    /// active's log back; it gets a snapshot when it returns. 0: no cap.
+    pub retain_max_changes: u64,
+    /// How often the log is trimmed.
+    pub retain_interval: Duration,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -119,6 +125,8 @@ pub struct StatusConfig {
     pub listen: SocketAddr,
     /// Bearer token for the POST endpoints. Never printed.
     pub token: String,
+    /// Serve HTTPS with the member's own certificate and key (`[tls]`).
+    pub tls: bool,
 }
 
 impl fmt::Debug for StatusConfig {
@@ -126,6 +134,7 @@ impl fmt::Debug for StatusConfig {
         f.debug_struct("StatusConfig")
             .field("listen", &self.listen)
             .field("token", &"<redacted>")
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -277,8 +286,11 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("replication", "batch_max_delay_ms", Kind::Int),
     ("replication", "retain_min_changes", Kind::Int),
     ("replication", "retain_min_age_ms", Kind::Int),
+    ("replication", "retain_max_changes", Kind::Int),
+    ("replication", "retain_interval_ms", Kind::Int),
     ("status", "listen", Kind::Str),
     ("status", "token", Kind::Str),
+    ("status", "tls", Kind::Bool),
     ("tls", "ca", Kind::Str),
     ("tls", "cert", Kind::Str),
     ("tls", "key", Kind::Str),
@@ -410,6 +422,10 @@ struct RawReplication {
     retain_min_changes: u64,
     #[serde(default = "d_retain_age")]
     retain_min_age_ms: u64,
+    #[serde(default = "d_retain_max")]
+    retain_max_changes: u64,
+    #[serde(default = "d_retain_interval")]
+    retain_interval_ms: u64,
 }
 
 fn d_heartbeat() -> u64 {
@@ -439,12 +455,20 @@ fn d_retain_changes() -> u64 {
 fn d_retain_age() -> u64 {
     600_000
 }
+fn d_retain_max() -> u64 {
+    1_000_000
+}
+fn d_retain_interval() -> u64 {
+    5_000
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStatus {
     listen: String,
     token: String,
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Deserialize)]
@@ -603,6 +627,21 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             "batch limits must be at least 1 change and 1024 bytes".into(),
         ));
     }
+    if r.retain_max_changes != 0 && r.retain_max_changes < r.retain_min_changes {
+        return Err(e(
+            "replication.retain_max_changes",
+            format!(
+                "must be 0 (no cap) or at least retain_min_changes ({} < {})",
+                r.retain_max_changes, r.retain_min_changes
+            ),
+        ));
+    }
+    if r.retain_interval_ms < 10 {
+        return Err(e(
+            "replication.retain_interval_ms",
+            "must be at least 10 ms".into(),
+        ));
+    }
     let replication = Replication {
         listen: addr("replication.listen", &r.listen)?,
         heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms),
@@ -614,6 +653,8 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         batch_max_delay: Duration::from_millis(r.batch_max_delay_ms),
         retain_min_changes: r.retain_min_changes,
         retain_min_age: Duration::from_millis(r.retain_min_age_ms),
+        retain_max_changes: r.retain_max_changes,
+        retain_interval: Duration::from_millis(r.retain_interval_ms),
     };
 
     if raw.status.token.len() < 8 {
@@ -625,6 +666,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
     let status = StatusConfig {
         listen: addr("status.listen", &raw.status.listen)?,
         token: raw.status.token.clone(),
+        tls: raw.status.tls,
     };
 
     let data_members = peers.iter().filter(|p| !p.witness).count() + usize::from(!raw.witness);
@@ -761,6 +803,12 @@ on_promote = "/usr/local/bin/start-scheduler"
         );
         assert_eq!(c.replication.heartbeat_interval, Duration::from_millis(250));
         assert!(!c.auto_failover);
+        assert!(!c.status.tls);
+        let c = parse(GOOD, &[("UNDERSTUDY_STATUS_TLS", "true")]).unwrap();
+        assert!(c.status.tls);
+        let with = GOOD.replace("token = \"change-me\"", "token = \"change-me\"\ntls = true");
+        assert!(parse(&with, &[]).unwrap().status.tls);
+        assert!(!format!("{:?}", c.status).contains("change-me"));
     }
 
     #[test]

@@ -47,13 +47,98 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster table: members, roles, epoch, positions, lag (asks one
+    /// member's status endpoint, then each peer's).
+    Status {
+        #[command(flatten)]
+        target: StatusTarget,
+        /// Print one JSON document instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every role change this member's database records: epoch, active,
+    /// start position, time, reason.
+    History {
+        #[command(flatten)]
+        target: StatusTarget,
+        #[arg(long)]
+        json: bool,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
         cmd: CertsCmd,
     },
+    /// Compare per-table checksums of every data member at one common
+    /// position. Exit 0: all match; 1: a table differs; 2: a member could not
+    /// be verified.
+    Verify {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// How long a passive may take to reach the active's position.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Replace this member's data with a snapshot of the active's (its agent
+    /// must be stopped); start the agent again to stream on from there.
+    Resnapshot {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Replication throughput and lag benchmarks.
     Bench(understudy::bench::BenchArgs),
+}
+
+/// Which status endpoint to ask.
+#[derive(clap::Args)]
+struct StatusTarget {
+    /// http://HOST:PORT, https://HOST:PORT or HOST:PORT. Default: the
+    /// config's status.listen with --config, else 127.0.0.1:7501.
+    #[arg(long)]
+    url: Option<String>,
+    /// A member config: gives the default URL and, for https, the cluster CA.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The cluster CA for https URLs (default: the config's [tls] ca).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Time limit per request, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+}
+
+impl StatusTarget {
+    fn endpoint(&self) -> Result<understudy::status::client::Endpoint> {
+        use understudy::status::{client::Endpoint, tls::client_config};
+        let cfg = self.config.as_deref().map(load).transpose()?;
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| cfg.as_ref().map(|c| c.tls.ca.clone()));
+        let default = || match &cfg {
+            Some(c) => {
+                let mut a = c.status.listen;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                let scheme = if c.status.tls { "https" } else { "http" };
+                format!("{scheme}://{a}")
+            }
+            None => "http://127.0.0.1:7501".to_string(),
+        };
+        let url = self.url.clone().unwrap_or_else(default);
+        let tls = match &ca {
+            Some(ca) if url.starts_with("https://") => Some(client_config(ca)?),
+            _ => None,
+        };
+        Ok(Endpoint::parse(&url, tls)?)
+    }
+
+    fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.max(1))
+    }
 }
 
 #[derive(Subcommand)]
@@ -218,7 +303,113 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Verify {
+            config,
+            json,
+            timeout_secs,
+        } => {
+            let cfg = load(&config)?;
+            let report =
+                understudy::verify::run(&cfg, std::time::Duration::from_secs(timeout_secs)).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&understudy::verify::to_json(&report))?
+                );
+            } else {
+                print!("{}", understudy::verify::render_text(&report));
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
+        Cmd::Resnapshot { config } => {
+            let cfg = load(&config)?;
+            let own = cfg.status.listen;
+            if tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                tokio::net::TcpStream::connect(own),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+            {
+                bail!(
+                    "the agent of member {} answers on its status address {own}: stop it first (a snapshot replaces everything its database holds)",
+                    cfg.member
+                );
+            }
+            let store = open_store(&cfg).await?;
+            store.check_schema().await?;
+            let mut bar = understudy::progress::Bar::stderr();
+            let mut rows = 0;
+            let pulled = understudy::replication::snapshot::pull(&cfg, &store, |p| {
+                rows = p.rows_done;
+                bar.update(p.rows_done, p.rows_total, p.bytes, p.rates().0);
+            })
+            .await;
+            bar.finish();
+            let pos = pulled.context("the snapshot failed; this member's data is unchanged")?;
+            println!(
+                "member {} now holds the active's snapshot at position {pos} ({rows} rows); start its agent to stream on from there",
+                cfg.member
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench(args) => understudy::bench::run(args).await,
+        Cmd::Status { target, json } => {
+            let ep = target.endpoint()?;
+            let view = understudy::status::cli_status::gather(&ep, target.timeout())
+                .await
+                .with_context(|| format!("cannot get the cluster status from {}", ep.url()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", understudy::status::cli_status::table(&view));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::History { target, json } => {
+            let ep = target.endpoint()?;
+            let r = understudy::status::client::request_to(
+                &ep,
+                "GET",
+                "/history",
+                None,
+                None,
+                target.timeout(),
+            )
+            .await
+            .with_context(|| format!("cannot get the history from {}", ep.url()))?;
+            let doc: serde_json::Value = serde_json::from_str(&r.body)
+                .with_context(|| format!("{} sent a history that is not JSON", ep.url()))?;
+            if r.code != 200 {
+                bail!(
+                    "{}: {}",
+                    ep.url(),
+                    doc["error"]
+                        .as_str()
+                        .unwrap_or("the history is unavailable")
+                );
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                println!(
+                    "{:<6} {:<12} {:<14} {:<24} REASON",
+                    "EPOCH", "ACTIVE", "START", "TIME"
+                );
+                for h in doc["history"].as_array().into_iter().flatten() {
+                    let at = h["at_ms"].as_i64().unwrap_or(0);
+                    println!(
+                        "{:<6} {:<12} {:<14} {:<24} {}",
+                        h["epoch"],
+                        h["active"].as_str().unwrap_or("-"),
+                        format!("{}/{}", h["start"]["epoch"], h["start"]["seq"]),
+                        understudy::status::cli_status::utc(at),
+                        h["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

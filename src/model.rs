@@ -228,6 +228,32 @@ impl RowImage {
             RowImage::Key(r) => &r.path,
         }
     }
+    /// A rough size in bytes, for chunk limits.
+    pub fn approx_bytes(&self) -> usize {
+        32 + match self {
+            RowImage::Project(p) => {
+                p.name.len()
+                    + p.description.as_ref().map_or(0, String::len)
+                    + p.config.as_ref().map_or(0, String::len)
+            }
+            RowImage::Job(j) => {
+                j.id.len()
+                    + j.project.len()
+                    + j.name.len()
+                    + j.group_path.as_ref().map_or(0, String::len)
+                    + j.description.as_ref().map_or(0, String::len)
+                    + j.definition.as_ref().map_or(0, String::len)
+                    + j.schedule.as_ref().map_or(0, String::len)
+                    + j.owner_member.as_ref().map_or(0, String::len)
+            }
+            RowImage::Key(k) => {
+                k.path.len()
+                    + k.kind.len()
+                    + k.content.0.len()
+                    + k.meta.as_ref().map_or(0, String::len)
+            }
+        }
+    }
 }
 
 /// What a change did to its row.

@@ -6,6 +6,8 @@
 //! running (clusters kill theirs on drop).
 
 pub mod pg;
+pub mod proxy;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -61,6 +61,7 @@ fn hello(cluster: &str, member: &str, protocol: u16) -> ClientMsg {
         role: Role::Passive,
         epoch: Epoch(1),
         position: Position::ZERO,
+        want_snapshot: false,
     })
 }
 

@@ -1,6 +1,6 @@
 //! `understudy bench`: figures, not tests. Capture overhead (writer with and
-//! without the capture triggers) and replication throughput and lag (a real
-//! active and passive over mutual TLS on loopback).
+//! without the capture triggers), replication throughput and lag (a real
+//! active and passive over mutual TLS on loopback), and snapshot rates.
 //!
 //! Owns: the benchmark drivers and their printed reports.
 //! Must never: run as part of the test suite, or touch a database it did not
@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod replication;
+pub mod snapshot;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
@@ -19,6 +20,9 @@ pub enum Mode {
     Capture,
     /// Writer rate vs. end-to-end rate on a passive, and lag at a fixed rate.
     Replication,
+    /// Snapshot read, copy and join rates (rows/s, MB/s); `--ops` is the
+    /// number of jobs seeded.
+    Snapshot,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -41,7 +45,7 @@ pub struct BenchArgs {
     /// its own databases there.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Mutations for the throughput runs.
+    /// Mutations for the throughput runs (jobs seeded for --mode snapshot).
     #[arg(long, default_value_t = 20_000)]
     pub ops: u64,
     /// Operations per application transaction.
@@ -64,6 +68,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let doc = match args.mode {
         Mode::Capture => capture::run(&args).await?,
         Mode::Replication => replication::run(&args).await?,
+        Mode::Snapshot => snapshot::run(&args).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -2,12 +2,14 @@
 //! arrives one database transaction per commit point, ack after commit.
 //!
 //! Owns: the follow loop with reconnect backoff, the passive's handshake,
-//! applying and acking.
+//! applying changes and installing snapshots, acking, and pinning checksum
+//! marks (see `marks`).
 //! Must never: ack a position before its transaction committed, or keep an
 //! apply transaction open across a reconnect (it is rolled back, and the
 //! stream resumes from the committed position).
 
 use crate::model::{MemberId, Position, Role};
+use crate::replication::snapshot::Installer;
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::{AnyStore, MemberStore};
 use crate::transport::{Retry, TlsContext};
@@ -40,7 +42,7 @@ pub async fn follow(
             .and_then(|a| node.config.peer(&a).map(|p| (a, p.address.clone())));
         let result = match target {
             Some((active, addr)) => {
-                session(&node, &tls, store.as_deref(), &active, &addr, &mut shutdown).await
+                session(&node, &tls, store.as_ref(), &active, &addr, &mut shutdown).await
             }
             None => Err(ReplicationError::Peer(
                 "no known active member with a replication address".into(),
@@ -56,6 +58,7 @@ pub async fn follow(
             Err(e) => tracing::warn!(error = %e, "replication stream from the active ended"),
         }
         node.live.update(|s| {
+            s.snapshot = None;
             if let Some(a) = s.active.clone() {
                 s.peers.entry(a).or_default().connected = false;
             }
@@ -70,11 +73,12 @@ pub async fn follow(
 async fn session(
     node: &Arc<NodeCtx>,
     tls: &TlsContext,
-    store: Option<&AnyStore>,
+    store_arc: Option<&Arc<AnyStore>>,
     active: &MemberId,
     addr: &str,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ReplicationError> {
+    let store: Option<&AnyStore> = store_arc.map(|s| s.as_ref());
     let position = match store {
         Some(s) => s.state().await?.position,
         None => Position::ZERO,
@@ -96,6 +100,7 @@ async fn session(
             role: my_role,
             epoch: node.epoch(),
             position,
+            want_snapshot: false,
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
@@ -134,6 +139,11 @@ async fn session(
     });
     let mut tick = tokio::time::interval(node.limits.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last committed position, and whether changes after it are applied
+    // but not yet committed (checksum marks need a clean commit point).
+    let mut committed = position;
+    let mut open_changes = false;
+    let mut installer: Option<Installer> = None;
     let result = loop {
         tokio::select! {
             m = rx.recv() => {
@@ -146,11 +156,20 @@ async fn session(
                     ServerMsg::Batch(b) => {
                         node.live.heard_active(b.head, Instant::now());
                         let Some(store) = store else { continue };
+                        if installer.is_some() {
+                            break Err(ReplicationError::Peer("changes in the middle of a snapshot".into()));
+                        }
+                        let started = Instant::now();
                         let pos = match store.apply(&b.changes, b.commit).await {
                             Ok(p) => p,
                             Err(e) => break Err(e.into()),
                         };
+                        node.metrics.apply_seconds.observe(started.elapsed());
+                        node.metrics.batches_applied.inc();
+                        node.metrics.changes_applied.add(b.changes.len() as u64);
+                        open_changes = !b.commit && (open_changes || !b.changes.is_empty());
                         if b.commit {
+                            committed = pos;
                             node.live.applied(pos);
                             node.live.database(Ok(()));
                             if let Err(e) = writer.send(&ClientMsg::Ack { applied: pos }).await {
@@ -159,7 +178,63 @@ async fn session(
                         }
                     }
                     ServerMsg::Heartbeat(h) => {
+                        node.metrics.heartbeats_received.inc();
                         node.live.heard_active(h.position, Instant::now());
+                    }
+                    ServerMsg::SnapshotBegin(b) => {
+                        let Some(store) = store else { continue };
+                        node.live.heard_active(b.position, Instant::now());
+                        match Installer::begin(store, active, &b).await {
+                            Ok(i) => {
+                                let p = i.progress().clone();
+                                node.live.update(|s| s.snapshot = Some(p));
+                                installer = Some(i);
+                                open_changes = true;
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    }
+                    ServerMsg::SnapshotChunk { rows } => {
+                        let Some(store) = store else { continue };
+                        let Some(i) = installer.as_mut() else {
+                            break Err(ReplicationError::Peer("a snapshot chunk before its start".into()));
+                        };
+                        if let Err(e) = i.chunk(store, &rows).await {
+                            break Err(e);
+                        }
+                        let p = i.progress().clone();
+                        node.live.update(|s| s.snapshot = Some(p));
+                    }
+                    ServerMsg::SnapshotEnd { rows } => {
+                        let Some(store) = store else { continue };
+                        let Some(i) = installer.take() else {
+                            break Err(ReplicationError::Peer("a snapshot end before its start".into()));
+                        };
+                        let pos = match i.end(store, rows).await {
+                            Ok(p) => p,
+                            Err(e) => break Err(e),
+                        };
+                        committed = pos;
+                        open_changes = false;
+                        node.live.update(|s| {
+                            s.snapshot = None;
+                            s.position = pos;
+                        });
+                        node.live.applied(pos);
+                        node.live.database(Ok(()));
+                        if let Err(e) = writer.send(&ClientMsg::Ack { applied: pos }).await {
+                            break Err(e.into());
+                        }
+                    }
+                    ServerMsg::ChecksumMark { position } => {
+                        if let Some(s) = store_arc
+                            && position == committed
+                            && !open_changes
+                        {
+                            node.marks.pin(s, position).await;
+                        } else {
+                            tracing::debug!(mark = %position, at = %committed, "checksum mark not at this member's commit point; ignored");
+                        }
                     }
                     ServerMsg::Refuse { reason } => {
                         break Err(ReplicationError::Refused { member: active.clone(), reason });
@@ -179,6 +254,7 @@ async fn session(
                 if let Err(e) = writer.send(&ClientMsg::Heartbeat(hb)).await {
                     break Err(e.into());
                 }
+                node.metrics.heartbeats_sent.inc();
             }
             _ = shutdown.changed() => break Ok(()),
         }

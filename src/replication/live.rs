@@ -6,6 +6,7 @@
 //! and the controller are); hold its lock across an await.
 
 use crate::model::{Epoch, MemberId, Position, Role};
+use crate::replication::snapshot::{SnapshotProgress, SnapshotStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -22,6 +23,10 @@ pub struct PeerLive {
     pub behind_since: Option<Instant>,
     pub last_seen: Option<Instant>,
     pub witness: bool,
+    /// The peer's status endpoint address, from the config.
+    pub status: Option<String>,
+    /// A snapshot being sent to the peer (active side).
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +49,8 @@ pub struct LiveInner {
     pub peers: BTreeMap<MemberId, PeerLive>,
     pub started: Instant,
     pub backend: &'static str,
+    /// A snapshot being received from the active (passive side).
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 /// Shared, cheap to clone behind an `Arc`.
@@ -65,6 +72,10 @@ pub struct PeerStatus {
     pub lag_changes: u64,
     pub lag_ms: u64,
     pub witness: bool,
+    /// The peer's status endpoint address (host:port), so a tool asking one
+    /// member can find the others.
+    pub status: Option<String>,
+    pub snapshot: Option<SnapshotStatus>,
 }
 
 /// The `/status` document (fields fixed by the operator contract).
@@ -85,6 +96,9 @@ pub struct StatusDoc {
     pub database_ok: bool,
     pub database_error: Option<String>,
     pub uptime_ms: u64,
+    /// A snapshot running now: the one received on a passive, the first of
+    /// those being sent on the active (each peer entry shows its own).
+    pub snapshot: Option<SnapshotStatus>,
 }
 
 fn ms_since(t: Option<Instant>, now: Instant) -> u64 {
@@ -218,6 +232,8 @@ impl Live {
                         lag_changes: behind.0,
                         lag_ms: behind.1,
                         witness: p.witness,
+                        status: p.status.clone(),
+                        snapshot: p.snapshot.as_ref().map(|x| x.status(now)),
                     }
                 })
                 .collect();
@@ -242,6 +258,11 @@ impl Live {
                 database_ok: s.database_ok,
                 database_error: s.database_error.clone(),
                 uptime_ms: now.saturating_duration_since(s.started).as_millis() as u64,
+                snapshot: s
+                    .snapshot
+                    .as_ref()
+                    .or_else(|| s.peers.values().find_map(|p| p.snapshot.as_ref()))
+                    .map(|x| x.status(now)),
             }
         })
     }
@@ -269,6 +290,7 @@ mod tests {
             peers: BTreeMap::new(),
             started: Instant::now(),
             backend: "sqlite",
+            snapshot: None,
         })
     }
 

@@ -2,8 +2,9 @@
 //! mutual TLS; each passive applies batches atomically and acks.
 //!
 //! Owns: the accept loop (`server`), the per-passive stream (`shipper`), the
-//! passive's follow loop (`applier`), the head watcher (`head`), and the live
-//! view of all of it (`live`).
+//! passive's follow loop (`applier`), the head watcher (`head`), snapshots
+//! (`snapshot`), change-log retention (`retention`), checksum marks for
+//! `understudy verify` (`marks`), and the live view of all of it (`live`).
 //! Must never: decide roles (roles come from the database state, later from
 //! the promotion controller), or apply anything outside one database
 //! transaction per commit point.
@@ -11,11 +12,15 @@
 pub mod applier;
 pub mod head;
 pub mod live;
+pub mod marks;
+pub mod retention;
 pub mod server;
 pub mod shipper;
+pub mod snapshot;
 
 use crate::config::Config;
 use crate::model::{Epoch, MemberId};
+use crate::status::metrics::Metrics;
 use crate::store::StoreError;
 use crate::transport::TransportError;
 use crate::wire::WireError;
@@ -58,6 +63,10 @@ pub struct NodeCtx {
     pub member: MemberId,
     pub live: Arc<Live>,
     pub limits: Limits,
+    /// Counters for `/metrics`, bumped where the events happen.
+    pub metrics: Arc<Metrics>,
+    /// Checksum marks for `understudy verify` (see [`marks`]).
+    pub marks: Arc<marks::Marks>,
     epoch: AtomicU64,
     batches_sent: AtomicU64,
 }
@@ -75,6 +84,8 @@ impl NodeCtx {
             config,
             live,
             limits,
+            metrics: Arc::new(Metrics::default()),
+            marks: Arc::new(marks::Marks::default()),
             epoch: AtomicU64::new(epoch.0),
             batches_sent: AtomicU64::new(0),
         }
@@ -90,6 +101,7 @@ impl NodeCtx {
 
     pub fn metrics_batch_sent(&self) {
         self.batches_sent.fetch_add(1, Ordering::Relaxed);
+        self.metrics.batches_shipped.inc();
     }
 
     pub fn batches_sent(&self) -> u64 {

@@ -6,7 +6,7 @@
 //! transport drops it first), or let one bad connection affect another.
 
 use crate::model::{Position, Role};
-use crate::replication::shipper::{Subscriber, check_start, ship};
+use crate::replication::shipper::{Start, Subscriber, check_start, ship};
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::AnyStore;
 use crate::transport::TlsContext;
@@ -99,10 +99,13 @@ async fn handle(
         )
         .await;
     };
-    if hello.role != Role::Witness
-        && let Some(reason) = check_start(&store, hello.position).await?
-    {
-        return refuse(&mut writer, &peer, reason).await;
+    let mut snapshot = None;
+    if hello.role != Role::Witness {
+        match check_start(&store, hello.position, hello.want_snapshot).await? {
+            Start::Stream => {}
+            Start::Snapshot(reason) => snapshot = Some(reason),
+            Start::Refuse(reason) => return refuse(&mut writer, &peer, reason).await,
+        }
     }
     let me = Hello {
         protocol: PROTOCOL_VERSION,
@@ -111,6 +114,7 @@ async fn handle(
         role: my_role,
         epoch: node.epoch(),
         position: *head_rx.borrow(),
+        want_snapshot: false,
     };
     writer.send(&ServerMsg::Welcome(me)).await?;
     tracing::info!(peer = %peer, from = %hello.position, role = %hello.role, "streaming to peer");
@@ -121,6 +125,7 @@ async fn handle(
             member: peer,
             role: hello.role,
             from: hello.position,
+            snapshot,
         },
         reader,
         writer,

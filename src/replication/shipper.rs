@@ -20,38 +20,57 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-/// Check where a passive says it is against this member's log, before
-/// welcoming it. Returns the refusal reason, if any.
+/// How a welcomed passive starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Stream the change log from its position.
+    Stream,
+    /// Send a snapshot first (the reason is logged on both sides).
+    Snapshot(String),
+    /// Refuse the connection with this reason.
+    Refuse(String),
+}
+
+/// Decide, before welcoming a passive, where it starts: the change log when
+/// it still holds everything after the passive's position, else a snapshot.
+/// A position ahead of this member's head, or one this log records under
+/// another epoch, is a diverged history and is refused.
 pub async fn check_start(
     store: &AnyStore,
     from: Position,
-) -> Result<Option<String>, ReplicationError> {
+    want_snapshot: bool,
+) -> Result<Start, ReplicationError> {
+    if want_snapshot {
+        return Ok(Start::Snapshot("the member asked for a snapshot".into()));
+    }
     let head = store.state().await?.position;
     if from.seq > head.seq {
-        return Ok(Some(format!(
+        return Ok(Start::Refuse(format!(
             "your position {from} is ahead of this active's head {head}: your history diverged; it must rejoin"
         )));
     }
-    if from.seq == 0 {
-        return Ok(None);
+    if from.seq < head.seq {
+        let oldest = store.oldest_seq().await?;
+        if oldest.is_none_or(|o| o > from.seq + 1) {
+            return Ok(Start::Snapshot(format!(
+                "changes after position {from} are no longer kept (oldest kept seq {})",
+                oldest.map_or_else(|| "none".to_string(), |o| o.to_string())
+            )));
+        }
     }
-    if let Some(oldest) = store.oldest_seq().await?
-        && oldest > from.seq + 1
-    {
-        return Ok(Some(format!(
-            "changes after your position {from} are no longer kept (oldest kept seq {oldest}): a snapshot is needed"
-        )));
+    if from.seq == 0 {
+        return Ok(Start::Stream);
     }
     let at = store.read_changes(from.seq - 1, 1, usize::MAX).await?;
     match at.changes.first() {
-        Some(c) if c.pos == from => Ok(None),
-        Some(c) => Ok(Some(format!(
+        Some(c) if c.pos == from => Ok(Start::Stream),
+        Some(c) if c.pos.seq == from.seq => Ok(Start::Refuse(format!(
             "your position {from} is not in this active's history (it has {} there): your history diverged; it must rejoin",
             c.pos
         ))),
-        // The log no longer holds that entry (trimmed or snapshot base): the
-        // state's position is the only record; accept a position equal to it.
-        None => Ok(None),
+        // The log no longer holds that entry (trimmed, or the base of a
+        // snapshot): the position is all there is to compare.
+        _ => Ok(Start::Stream),
     }
 }
 
@@ -61,6 +80,8 @@ pub struct Subscriber {
     pub member: MemberId,
     pub role: Role,
     pub from: Position,
+    /// `Some(reason)`: send a snapshot before streaming.
+    pub snapshot: Option<String>,
 }
 
 /// Stream to one passive until the connection ends or `shutdown` fires.
@@ -81,6 +102,7 @@ where
         member: peer,
         role: peer_role,
         from,
+        snapshot,
     } = sub;
     let live: Arc<Live> = node.live.clone();
     live.peer_connected(&peer, peer_role, from, true);
@@ -89,6 +111,7 @@ where
     let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<Option<String>>();
     let ack_live = live.clone();
     let ack_peer = peer.clone();
+    let ack_metrics = node.metrics.clone();
     let acks = tokio::spawn(async move {
         let reason = loop {
             match reader.recv().await {
@@ -96,6 +119,7 @@ where
                     ack_live.peer_acked(&ack_peer, applied, Instant::now())
                 }
                 Ok(Some(ClientMsg::Heartbeat(h))) => {
+                    ack_metrics.heartbeats_received.inc();
                     ack_live.update(|s| {
                         if let Some(p) = s.peers.get_mut(&ack_peer) {
                             p.last_seen = Some(Instant::now());
@@ -118,14 +142,56 @@ where
 
     let limits = node.limits.clone();
     let mut cursor = from.seq;
+    if let Some(reason) = snapshot {
+        match crate::replication::snapshot::send(&node, &store, &peer, &reason, &mut writer).await {
+            Ok(at) => {
+                cursor = at.seq;
+                // What the passive needs from now on, for lag and retention,
+                // until its first ack.
+                live.update(|s| s.peers.entry(peer.clone()).or_default().position = at);
+            }
+            Err(e) => {
+                acks.abort();
+                live.peer_connected(&peer, peer_role, from, false);
+                return Err(e);
+            }
+        }
+    }
+    let mut limits_rx = node.marks.ship_limits();
+    // The generation of the last checksum mark this stream handled.
+    let mut mark_done = limits_rx.borrow().generation;
     let mut last_sent = Instant::now();
     let result = loop {
         if *shutdown.borrow() {
             break Ok(());
         }
         let head = *head_rx.borrow_and_update();
-        if peer_role != Role::Witness && cursor < head.seq {
-            let limit = limits.max_changes.min((head.seq - cursor) as usize);
+        let lim = *limits_rx.borrow_and_update();
+        let mark = lim
+            .live_mark(Instant::now())
+            .filter(|_| lim.generation != mark_done && peer_role != Role::Witness);
+        if let Some(m) = mark
+            && cursor >= m.seq
+        {
+            mark_done = lim.generation;
+            if cursor == m.seq {
+                // The last batch committed exactly at the mark.
+                if let Err(e) = writer.send(&ServerMsg::ChecksumMark { position: m }).await {
+                    break Err(e.into());
+                }
+            }
+            continue;
+        }
+        // Never past a hold, and a batch ends exactly at a pending mark.
+        let mut upto = head.seq;
+        if let Some(h) = lim.hold {
+            upto = upto.min(h);
+        }
+        if let Some(m) = mark {
+            upto = upto.min(m.seq);
+        }
+        if peer_role != Role::Witness && cursor < upto {
+            let limit = limits.max_changes.min((upto - cursor) as usize);
             let read = match store.read_changes(cursor, limit, limits.max_bytes).await {
                 Ok(r) => r,
                 Err(e) => break Err(e.into()),
@@ -139,18 +205,36 @@ where
                 }
                 continue;
             };
-            // A commit point only where the log had its head at some instant.
-            let commit = last.seq >= head.seq || read.at_head;
+            if read
+                .changes
+                .first()
+                .is_some_and(|c| c.pos.seq != cursor + 1)
+            {
+                // Trimmed under us: the passive reconnects and gets a snapshot.
+                break Err(ReplicationError::Peer(format!(
+                    "the change log no longer holds seq {} (trimmed); the passive needs a snapshot",
+                    cursor + 1
+                )));
+            }
+            // A commit point only where the log had its head at some instant
+            // (the head, a hold or a mark are all such points).
+            let commit = last.seq >= head.seq || read.at_head || last.seq == upto;
+            let n_changes = read.changes.len() as u64;
             let batch = Batch {
                 changes: read.changes,
                 commit,
                 head,
                 sent_at_ms: now_ms(),
             };
+            let before = writer.bytes_written();
             if let Err(e) = writer.send(&ServerMsg::Batch(batch)).await {
                 break Err(e.into());
             }
             node.metrics_batch_sent();
+            node.metrics.changes_shipped.add(n_changes);
+            node.metrics
+                .bytes_shipped
+                .add(writer.bytes_written().saturating_sub(before));
             cursor = last.seq;
             last_sent = Instant::now();
             continue;
@@ -164,6 +248,7 @@ where
                     tokio::time::sleep(limits.coalesce).await;
                 }
             }
+            _ = limits_rx.changed() => {}
             _ = tokio::time::sleep(wait) => {
                 let hb = Heartbeat {
                     epoch: node.epoch(),
@@ -175,6 +260,7 @@ where
                 if let Err(e) = writer.send(&ServerMsg::Heartbeat(hb)).await {
                     break Err(e.into());
                 }
+                node.metrics.heartbeats_sent.inc();
                 last_sent = Instant::now();
             }
             reason = &mut closed_rx => {

@@ -1,89 +1,112 @@
-//! The status endpoint: HTTP on `status.listen` for operators and load
-//! balancers.
+//! The status endpoint: HTTP (optionally HTTPS) on `status.listen` for
+//! operators, load balancers and Prometheus, and the operator CLI's view of
+//! the cluster.
 //!
-//! Owns: routes and their answers; rendering of the live view.
+//! Owns: routes and their answers (`routes`), connection handling and its
+//! limits (`server`), the bearer-token check (`auth`), the hook to the
+//! promotion controller (`control`), metrics (`metrics`), the database
+//! health probe (`probe`), TLS (`tls`), the HTTP client (`client`) and the
+//! `understudy status` table (`cli_status`).
 //! Must never: change replication state on a GET, block on the database
-//! (it serves the live view the agent keeps), or show key content or the token.
+//! (GETs serve the live view the agent keeps; `/history` reads the database
+//! under a time limit), or show key content or the token.
 
+pub mod auth;
+pub mod cli_status;
 pub mod client;
+pub mod control;
+pub mod metrics;
+pub mod probe;
+pub mod routes;
+pub mod server;
+pub mod tls;
 
+use crate::config::Config;
 use crate::replication::live::Live;
-use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use serde::Deserialize;
+use crate::store::AnyStore;
+use control::ControlHandle;
+use metrics::Metrics;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Everything the status endpoint serves from.
 #[derive(Clone)]
-struct AppState {
-    live: Arc<Live>,
+pub struct StatusContext {
+    pub live: Arc<Live>,
+    pub metrics: Arc<Metrics>,
+    /// `None` on a witness.
+    pub store: Option<Arc<AnyStore>>,
+    /// `None` while no promotion controller runs on this member: the POST
+    /// routes then answer 503.
+    pub control: Option<ControlHandle>,
+    pub token: auth::Token,
+    /// Set when `[status] tls = true`.
+    pub tls: Option<Arc<tls::StatusTls>>,
+    /// Answers `GET /checksums` (members with a database).
+    pub checksums: Option<Arc<crate::replication::marks::ChecksumService>>,
 }
 
-pub fn router(live: Arc<Live>) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/status", get(status))
-        .route("/active", get(active))
-        .route("/passive", get(passive))
-        .with_state(AppState { live })
+impl StatusContext {
+    /// Build from the member's config; loads the TLS certificate when
+    /// `[status] tls = true`.
+    pub fn new(
+        config: &Config,
+        live: Arc<Live>,
+        metrics: Arc<Metrics>,
+        store: Option<Arc<AnyStore>>,
+    ) -> Result<StatusContext, tls::StatusTlsError> {
+        let tls = if config.status.tls {
+            Some(Arc::new(tls::StatusTls::load(&config.tls)?))
+        } else {
+            None
+        };
+        Ok(StatusContext {
+            live,
+            metrics,
+            store,
+            control: None,
+            token: auth::Token::new(config.status.token.clone()),
+            tls,
+            checksums: None,
+        })
+    }
+
+    /// Answer `GET /checksums` with `svc`.
+    pub fn with_checksums(
+        mut self,
+        svc: Option<Arc<crate::replication::marks::ChecksumService>>,
+    ) -> Self {
+        self.checksums = svc;
+        self
+    }
+
+    /// Route the POST actions to a promotion controller.
+    pub fn with_control(mut self, control: ControlHandle) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    pub fn router(&self) -> axum::Router {
+        routes::router(routes::AppState {
+            live: self.live.clone(),
+            metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            control: self.control.clone(),
+            checksums: self.checksums.clone(),
+            token: self.token.clone(),
+        })
+    }
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone). The watch
+/// guard is dropped inside, so the future stays `Send` in a `select!`.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Serve until `shutdown` fires.
-pub async fn serve(listener: TcpListener, live: Arc<Live>, mut shutdown: watch::Receiver<bool>) {
-    let app = router(live);
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "status endpoint stopped");
-    }
-}
-
-async fn health(State(st): State<AppState>) -> Response {
-    let ok = st.live.read(|s| s.database_ok);
-    if ok {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
-    }
-}
-
-async fn status(State(st): State<AppState>) -> Response {
-    Json(st.live.status(Instant::now())).into_response()
-}
-
-async fn active(State(st): State<AppState>) -> Response {
-    let doc = st.live.status(Instant::now());
-    if doc.role == crate::model::Role::Active && doc.database_ok {
-        (StatusCode::OK, "active\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", doc.role)).into_response()
-    }
-}
-
-#[derive(Deserialize)]
-struct PassiveQuery {
-    max_lag_ms: Option<u64>,
-}
-
-async fn passive(State(st): State<AppState>, Query(q): Query<PassiveQuery>) -> Response {
-    let doc = st.live.status(Instant::now());
-    let within = q.max_lag_ms.is_none_or(|m| doc.lag.ms <= m);
-    if doc.role == crate::model::Role::Passive && doc.database_ok && within {
-        (StatusCode::OK, "passive\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{} lag_ms={}\n", doc.role, doc.lag.ms),
-        )
-            .into_response()
-    }
+pub async fn serve(listener: TcpListener, ctx: StatusContext, shutdown: watch::Receiver<bool>) {
+    let app = ctx.router();
+    server::serve(listener, app, ctx.tls.clone(), shutdown).await;
 }

@@ -2,7 +2,7 @@
 //!
 //! Owns: the contract of [`MemberStore`] written down as executable cases
 //! (capture, whole transactions, apply without echo, fencing, lease, state
-//! durability, trimming, checksums, wake-ups, secrecy). A backend's test
+//! durability, trimming, checksums, wake-ups, secrecy, snapshots). A backend's test
 //! module implements [`Backend`] for a throw-away database factory and calls
 //! each `pub async fn` case from its own `#[tokio::test]`, so a failure names
 //! the case.
@@ -24,7 +24,7 @@
 
 use super::{
     ChangeRead, EpochRecord, InitParams, MemberStore, ReplicationState, StoreError, TableChecksum,
-    Vote,
+    Vote, checksums_at_position, checksums_of,
 };
 use crate::model::{
     Change, ChangeOp, Entity, Epoch, JobRow, KeyRow, MemberId, Position, ProjectRow, Role,
@@ -990,6 +990,182 @@ pub async fn wait_for_commit_wakes<B: Backend>(b: &B) {
     );
 }
 
+// ---------------------------------------------------------------- snapshots
+
+/// Every row of a snapshot reader, in chunks of at most `max_rows`.
+async fn read_snapshot(r: &mut super::SnapshotReader, max_rows: usize) -> Vec<RowImage> {
+    let mut out = Vec::new();
+    loop {
+        let chunk = r.next_chunk(max_rows, HUGE).await.expect("snapshot chunk");
+        if chunk.is_empty() {
+            return out;
+        }
+        assert!(chunk.len() <= max_rows, "chunk over the row limit");
+        out.extend(chunk);
+    }
+}
+
+/// A snapshot holds exactly the tables at its position, in bounded chunks
+/// (projects before jobs before keys); installed on another member it is
+/// invisible until committed, then that member holds the same tables at the
+/// same position, applies the changes after it, and, once promoted, captures
+/// new changes right after it.
+pub async fn snapshot_installs_whole_and_continues<B: Backend>(b: &B) {
+    let (adb, a) = active(b).await;
+    seed(b, &adb).await;
+    a.sequence().await.expect("sequence");
+    let head = a.state().await.expect("state").position;
+    let sums = a.checksums().await.expect("checksums");
+
+    let mut r = a.snapshot_reader().await.expect("snapshot reader");
+    assert_eq!(r.position(), head);
+    assert_eq!(r.rows_total(), 5);
+    let rows = read_snapshot(&mut r, 2).await;
+    assert_eq!(rows.len(), 5);
+    let order: Vec<Entity> = rows.iter().map(RowImage::entity).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "projects, then jobs, then keys");
+    // A byte limit smaller than any row still makes progress, a row a chunk.
+    let mut r = a.snapshot_reader().await.expect("snapshot reader");
+    let one = r.next_chunk(100, 1).await.expect("chunk");
+    assert_eq!(one.len(), 1);
+    drop(r);
+    let (at, by_reader) = checksums_at_position(&a)
+        .await
+        .expect("checksums at position");
+    assert_eq!((at, &by_reader), (head, &sums));
+
+    // The passive holds other data first: all of it must go.
+    let (_pdb, p) = passive(b).await;
+    p.apply(
+        &[Change {
+            pos: Position::new(1, 1),
+            op: ChangeOp::Upsert(project("stale", None, None, 1)),
+        }],
+        true,
+    )
+    .await
+    .expect("apply");
+    let before = p.checksums().await.expect("checksums");
+    p.install_snapshot_begin(head).await.expect("install begin");
+    for chunk in rows.chunks(2) {
+        p.install_snapshot_rows(chunk).await.expect("install rows");
+    }
+    assert_eq!(
+        p.checksums().await.expect("checksums"),
+        before,
+        "an install is invisible before its commit"
+    );
+    assert_eq!(
+        p.state().await.expect("state").position,
+        Position::new(1, 1)
+    );
+    assert!(
+        p.apply(&[], true).await.is_err(),
+        "apply must refuse while an install is open"
+    );
+    assert_eq!(
+        p.install_snapshot_commit().await.expect("install commit"),
+        head
+    );
+    assert_eq!(p.checksums().await.expect("checksums"), sums);
+    assert_eq!(p.state().await.expect("state").position, head);
+    assert_eq!(p.oldest_seq().await.expect("oldest"), None, "log reset");
+    assert!(all_changes(&p).await.is_empty(), "nothing captured");
+
+    // The stream goes on from the snapshot's position.
+    exec(
+        b,
+        &adb,
+        "INSERT INTO projects(name, updated_at) VALUES ('p3', 3000)",
+    )
+    .await;
+    exec(b, &adb, "DELETE FROM jobs WHERE id = 'j1'").await;
+    a.sequence().await.expect("sequence");
+    let next = read_after(&a, head.seq).await.changes;
+    assert_eq!(next.len(), 2);
+    let pos = p.apply(&next, true).await.expect("apply after snapshot");
+    assert_eq!(pos, a.state().await.expect("state").position);
+    assert_eq!(
+        p.checksums().await.expect("checksums"),
+        a.checksums().await.expect("checksums")
+    );
+
+    // Promoted, it captures right after what it holds.
+    p.set_role(Role::Active, Epoch(2), Some(&m("b")))
+        .await
+        .expect("set_role");
+    p.renew_lease(Duration::from_secs(60)).await.expect("renew");
+    exec(
+        b,
+        &_pdb,
+        "INSERT INTO projects(name, updated_at) VALUES ('p4', 4000)",
+    )
+    .await;
+    p.sequence().await.expect("sequence");
+    let got = read_after(&p, 0).await.changes;
+    assert_eq!(
+        got.iter().map(|c| c.pos.seq).collect::<Vec<_>>(),
+        vec![pos.seq - 1, pos.seq, pos.seq + 1],
+        "captured seqs continue after the snapshot's position"
+    );
+}
+
+/// A snapshot reader sees one state: writes committed after it opened are
+/// neither in its rows nor in its position.
+pub async fn snapshot_is_consistent_under_writes<B: Backend>(b: &B) {
+    let (adb, a) = active(b).await;
+    seed(b, &adb).await;
+    a.sequence().await.expect("sequence");
+    let head = a.state().await.expect("state").position;
+    let sums = a.checksums().await.expect("checksums");
+    let r = a.snapshot_reader().await.expect("snapshot reader");
+    exec(
+        b,
+        &adb,
+        "INSERT INTO projects(name, updated_at) VALUES ('late', 9000)",
+    )
+    .await;
+    exec(b, &adb, "UPDATE jobs SET name = 'renamed' WHERE id = 'j2'").await;
+    exec(b, &adb, "DELETE FROM keys").await;
+    a.sequence().await.expect("sequence");
+    assert!(a.state().await.expect("state").position > head);
+    let (at, by_reader) = checksums_of(r).await.expect("checksums of reader");
+    assert_eq!(at, head);
+    assert_eq!(by_reader, sums);
+    assert_ne!(a.checksums().await.expect("checksums"), sums);
+}
+
+/// An install rolled back (`abort_apply`, as after a lost connection) leaves
+/// the member exactly as it was, and applying goes on from its position.
+pub async fn snapshot_install_abort_keeps_old_data<B: Backend>(b: &B) {
+    let (adb, a) = active(b).await;
+    seed(b, &adb).await;
+    a.sequence().await.expect("sequence");
+    let all = all_changes(&a).await;
+    let (_pdb, p) = passive(b).await;
+    p.apply(&all[..2], true).await.expect("apply");
+    let before = p.checksums().await.expect("checksums");
+    let at = p.state().await.expect("state").position;
+    let mut r = a.snapshot_reader().await.expect("reader");
+    let rows = read_snapshot(&mut r, 100).await;
+    p.install_snapshot_begin(r.position()).await.expect("begin");
+    p.install_snapshot_rows(&rows).await.expect("rows");
+    p.abort_apply().await.expect("abort");
+    assert_eq!(p.checksums().await.expect("checksums"), before);
+    assert_eq!(p.state().await.expect("state").position, at);
+    assert!(
+        p.install_snapshot_commit().await.is_err(),
+        "a rolled-back install cannot commit"
+    );
+    p.apply(&all[2..], true).await.expect("apply the rest");
+    assert_eq!(
+        p.checksums().await.expect("checksums"),
+        a.checksums().await.expect("checksums")
+    );
+}
+
 /// Every case, in order (handy for a quick local run; the backends' test
 /// modules call the cases one by one so failures name them).
 pub async fn run_all<B: Backend>(b: &B) {
@@ -1013,6 +1189,9 @@ pub async fn run_all<B: Backend>(b: &B) {
     trim_keeps_newest(b).await;
     secrets_never_leak(b).await;
     wait_for_commit_wakes(b).await;
+    snapshot_installs_whole_and_continues(b).await;
+    snapshot_is_consistent_under_writes(b).await;
+    snapshot_install_abort_keeps_old_data(b).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance case, each building its
@@ -1042,6 +1221,9 @@ macro_rules! store_conformance_tests {
             trim_keeps_newest,
             secrets_never_leak,
             wait_for_commit_wakes,
+            snapshot_installs_whole_and_continues,
+            snapshot_is_consistent_under_writes,
+            snapshot_install_abort_keeps_old_data,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -14,7 +14,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::config::DatabaseUrl;
-use crate::model::{Change, Epoch, MemberId, Position, Role};
+use crate::model::{Change, Entity, Epoch, MemberId, Position, Role, RowImage};
 use std::time::Duration;
 
 /// Errors of the member database layer.
@@ -182,6 +182,103 @@ pub trait MemberStore: Send + Sync {
     async fn trim_log(&self, upto_seq: u64) -> StoreResult<u64>;
     /// The oldest seq still in the change log (None when empty).
     async fn oldest_seq(&self) -> StoreResult<Option<u64>>;
+    /// Open a consistent read of projects, jobs and keys, pinned at the
+    /// position the tables hold as of that read (on PostgreSQL, committed
+    /// staged changes are sequenced first, so the position is exact). The
+    /// reader holds its own connection and read transaction until dropped;
+    /// rows are fetched in bounded chunks, never all at once.
+    async fn snapshot_reader(&self) -> StoreResult<SnapshotReader>;
+    /// Start installing a snapshot taken at `position`: opens the apply
+    /// transaction (apply flag set: nothing is captured or fenced) and empties
+    /// the application tables and the change log inside it. Readers keep
+    /// seeing the old contents until [`MemberStore::install_snapshot_commit`].
+    /// [`MemberStore::abort_apply`] rolls an unfinished install back.
+    async fn install_snapshot_begin(&self, position: Position) -> StoreResult<()>;
+    /// Insert snapshot rows into the open install transaction.
+    async fn install_snapshot_rows(&self, rows: &[RowImage]) -> StoreResult<()>;
+    /// Commit the install together with the snapshot's position as the
+    /// applied position and a change log that continues right after it.
+    async fn install_snapshot_commit(&self) -> StoreResult<Position>;
+}
+
+/// A consistent, chunked read of the application tables (see
+/// [`MemberStore::snapshot_reader`]): projects first, then jobs, then keys, so
+/// an installer never meets a job before its project.
+pub enum SnapshotReader {
+    Sqlite(sqlite::SqliteSnapshot),
+    Postgres(postgres::PgSnapshot),
+}
+
+impl SnapshotReader {
+    /// The change-log position the snapshot's rows reflect exactly.
+    pub fn position(&self) -> Position {
+        match self {
+            SnapshotReader::Sqlite(s) => s.position(),
+            SnapshotReader::Postgres(s) => s.position(),
+        }
+    }
+
+    /// Rows in the three tables as of the snapshot.
+    pub fn rows_total(&self) -> u64 {
+        match self {
+            SnapshotReader::Sqlite(s) => s.rows_total(),
+            SnapshotReader::Postgres(s) => s.rows_total(),
+        }
+    }
+
+    /// The next rows: at most `max_rows`, and no more than about `max_bytes`
+    /// (at least one row). Empty once every table has been read.
+    pub async fn next_chunk(
+        &mut self,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> StoreResult<Vec<RowImage>> {
+        let max_rows = max_rows.max(1);
+        match self {
+            SnapshotReader::Sqlite(s) => s.next_chunk(max_rows, max_bytes).await,
+            SnapshotReader::Postgres(s) => s.next_chunk(max_rows, max_bytes).await,
+        }
+    }
+}
+
+/// Per-table checksums and the exact position they were taken at, from one
+/// consistent read (a snapshot reader: no pause of the writers needed).
+pub async fn checksums_at_position<S: MemberStore>(
+    store: &S,
+) -> StoreResult<(Position, Vec<TableChecksum>)> {
+    let reader = store.snapshot_reader().await?;
+    checksums_of(reader).await
+}
+
+/// Hash every row a snapshot reader yields; see [`checksums_at_position`].
+pub async fn checksums_of(
+    mut reader: SnapshotReader,
+) -> StoreResult<(Position, Vec<TableChecksum>)> {
+    let mut hashers: [checksum::TableHasher; 3] = Default::default();
+    loop {
+        let rows = reader.next_chunk(5000, 8 << 20).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let i = match r.entity() {
+                Entity::Project => 0,
+                Entity::Job => 1,
+                Entity::Key => 2,
+            };
+            hashers[i].add(r);
+        }
+    }
+    let sums = Entity::ALL
+        .iter()
+        .zip(hashers.iter())
+        .map(|(e, h)| TableChecksum {
+            table: e.table().to_string(),
+            rows: h.rows(),
+            digest: h.digest(),
+        })
+        .collect();
+    Ok((reader.position(), sums))
 }
 
 /// One of the backends, chosen from the config's database URL.
@@ -270,6 +367,18 @@ impl MemberStore for AnyStore {
     }
     async fn oldest_seq(&self) -> StoreResult<Option<u64>> {
         delegate!(self, s => s.oldest_seq().await)
+    }
+    async fn snapshot_reader(&self) -> StoreResult<SnapshotReader> {
+        delegate!(self, s => s.snapshot_reader().await)
+    }
+    async fn install_snapshot_begin(&self, p: Position) -> StoreResult<()> {
+        delegate!(self, s => s.install_snapshot_begin(p).await)
+    }
+    async fn install_snapshot_rows(&self, rows: &[RowImage]) -> StoreResult<()> {
+        delegate!(self, s => s.install_snapshot_rows(rows).await)
+    }
+    async fn install_snapshot_commit(&self) -> StoreResult<Position> {
+        delegate!(self, s => s.install_snapshot_commit().await)
     }
 }
 

@@ -70,6 +70,7 @@ fn hello(member: &str, cluster: &str, protocol: u16) -> Hello {
         role: Role::Passive,
         epoch: Epoch(1),
         position: Position::new(1, 7),
+        want_snapshot: false,
     }
 }
 

@@ -5,12 +5,12 @@
 //! Must never: carry anything but plain data (no behaviour beyond checks), or
 //! print key content (`Change` holds `Secret`s, whose `Debug` redacts).
 
-use crate::model::{Change, Epoch, MemberId, Position, Role};
+use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages' encoding; peers with another
 /// version are refused in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first message each way: who is speaking and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +23,9 @@ pub struct Hello {
     /// On a passive: its applied position (the active streams from there).
     /// On the active: its head.
     pub position: Position,
+    /// A passive asks for a snapshot whatever its position (an operator's
+    /// `understudy resnapshot`); always false from the active.
+    pub want_snapshot: bool,
 }
 
 impl Hello {
@@ -86,6 +89,34 @@ pub enum ServerMsg {
     },
     Batch(Batch),
     Heartbeat(Heartbeat),
+    /// A snapshot follows: chunks of rows, then `SnapshotEnd`; the passive
+    /// installs them in one transaction and streams on from `position`.
+    SnapshotBegin(SnapshotBegin),
+    /// Rows of projects, then jobs, then keys (bounded per chunk).
+    SnapshotChunk {
+        rows: Vec<RowImage>,
+    },
+    /// The snapshot is complete: `rows` were sent in all.
+    SnapshotEnd {
+        rows: u64,
+    },
+    /// The last batch ended exactly at `position`, a point at which the
+    /// active took per-table checksums: a passive that has committed exactly
+    /// this position pins a consistent read there for `understudy verify`.
+    ChecksumMark {
+        position: Position,
+    },
+}
+
+/// The start of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBegin {
+    /// The change-log position the snapshot's rows reflect exactly.
+    pub position: Position,
+    /// Rows to come, for progress.
+    pub rows_total: u64,
+    /// Why a snapshot is sent (for the passive's log).
+    pub reason: String,
 }
 
 /// A run of changes in log order.
@@ -123,6 +154,7 @@ mod tests {
             role: Role::Passive,
             epoch: Epoch(3),
             position: Position::new(3, 41),
+            want_snapshot: false,
         }
     }
 

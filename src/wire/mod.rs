@@ -19,7 +19,9 @@ mod stream;
 pub(crate) mod alloc_probe;
 
 pub use frame::{HEADER_BYTES, decode_frame, encode_frame};
-pub use messages::{Batch, ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, ServerMsg};
+pub use messages::{
+    Batch, ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, ServerMsg, SnapshotBegin,
+};
 pub use stream::{FrameReader, FrameWriter, split};
 
 /// The largest frame body accepted or sent: 16 MiB. A peer announcing more is

@@ -104,6 +104,8 @@ impl<R: AsyncRead + Unpin, M: DeserializeOwned> FrameReader<R, M> {
 pub struct FrameWriter<W, M> {
     inner: W,
     buf: Vec<u8>,
+    /// Frame bytes written so far (for metrics).
+    written: u64,
     _msg: PhantomData<fn(M)>,
 }
 
@@ -112,8 +114,14 @@ impl<W: AsyncWrite + Unpin, M: Serialize> FrameWriter<W, M> {
         FrameWriter {
             inner,
             buf: Vec::with_capacity(READ_CHUNK),
+            written: 0,
             _msg: PhantomData,
         }
+    }
+
+    /// Frame bytes written by this writer so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
     }
 
     /// Write one frame and flush it.
@@ -131,6 +139,9 @@ impl<W: AsyncWrite + Unpin, M: Serialize> FrameWriter<W, M> {
         self.buf.clear();
         frame::encode_frame(msg, &mut self.buf)?;
         let written = self.inner.write_all(&self.buf).await;
+        if written.is_ok() {
+            self.written += self.buf.len() as u64;
+        }
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::with_capacity(READ_CHUNK);
         }

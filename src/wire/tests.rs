@@ -114,15 +114,19 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         arb_role(),
         any::<u64>(),
         arb_position(),
+        any::<bool>(),
     )
-        .prop_map(|(protocol, cluster, member, role, epoch, position)| Hello {
-            protocol,
-            cluster,
-            member,
-            role,
-            epoch: Epoch(epoch),
-            position,
-        })
+        .prop_map(
+            |(protocol, cluster, member, role, epoch, position, want_snapshot)| Hello {
+                protocol,
+                cluster,
+                member,
+                role,
+                epoch: Epoch(epoch),
+                position,
+                want_snapshot,
+            },
+        )
 }
 fn arb_heartbeat() -> impl Strategy<Value = Heartbeat> {
     (
@@ -166,6 +170,17 @@ fn arb_server() -> impl Strategy<Value = ServerMsg> {
                 })
             ),
         arb_heartbeat().prop_map(ServerMsg::Heartbeat),
+        (arb_position(), any::<u64>(), arb_text()).prop_map(|(position, rows_total, reason)| {
+            ServerMsg::SnapshotBegin(SnapshotBegin {
+                position,
+                rows_total,
+                reason,
+            })
+        }),
+        proptest::collection::vec(arb_row(), 0..8)
+            .prop_map(|rows| ServerMsg::SnapshotChunk { rows }),
+        any::<u64>().prop_map(|rows| ServerMsg::SnapshotEnd { rows }),
+        arb_position().prop_map(|position| ServerMsg::ChecksumMark { position }),
     ]
 }
 

@@ -15,6 +15,9 @@
 
 mod conn;
 pub mod schema;
+mod snapshot;
+
+pub use snapshot::PgSnapshot;
 
 pub use schema::{LATEST as SCHEMA_VERSION, MIGRATIONS, Migration};
 
@@ -57,6 +60,8 @@ struct ApplyConn {
     conn: Option<(Client, ApplyStmts)>,
     /// `Some(applied)` while a transaction is open: the position reached in it.
     open: Option<Position>,
+    /// `Some(snapshot position)` while a snapshot install transaction is open.
+    installing: Option<Position>,
 }
 
 struct ApplyStmts {
@@ -94,6 +99,7 @@ impl PgStore {
             apply: Box::new(Mutex::new(ApplyConn {
                 conn: None,
                 open: None,
+                installing: None,
             })),
             listener,
         })
@@ -318,6 +324,40 @@ fn decode_change(r: &Row, base: usize) -> StoreResult<Change> {
     Ok(Change { pos, op })
 }
 
+/// The sequencer's one round trip (see [`MemberStore::sequence`]): lock the
+/// state row, then move every committed staged row into the change log.
+fn sequence_sql() -> String {
+    format!(
+        "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
+             WITH st AS (SELECT role FROM us_state WHERE id = 1), \
+             moved AS (DELETE FROM us_capture WHERE (SELECT role FROM st) <> 'active' \
+                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}) \
+             INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
+             SELECT m.epoch, 0, m.entity, m.op, m.key, {IMAGE_COLS}, \
+                    'committed while this member was ' || (SELECT role FROM st) \
+             FROM moved m ORDER BY m.id; \
+             WITH b AS ( \
+                 SELECT greatest(s.pos_seq, coalesce((SELECT max(seq) FROM us_changelog), 0)) AS seq, \
+                        greatest(s.pos_epoch, coalesce((SELECT epoch FROM us_changelog \
+                                                        ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
+                 FROM us_state s WHERE s.id = 1), \
+             moved AS (DELETE FROM us_capture \
+                       WHERE (SELECT role FROM us_state WHERE id = 1) = 'active' \
+                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
+             ins AS ( \
+                 INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \
+                 SELECT b.seq + row_number() OVER (ORDER BY m.id), \
+                        greatest(b.epoch, max(m.epoch) OVER (ORDER BY m.id ROWS UNBOUNDED PRECEDING)), \
+                        m.entity, m.op, m.key, {IMAGE_COLS} \
+                 FROM moved m CROSS JOIN b \
+                 RETURNING seq, epoch) \
+             UPDATE us_state SET pos_seq = t.seq, pos_epoch = t.epoch \
+             FROM (SELECT max(seq) AS seq, max(epoch) AS epoch, count(*) AS n FROM ins) t \
+             WHERE us_state.id = 1 AND t.n > 0 \
+             RETURNING t.n"
+    )
+}
+
 fn role_of(s: &str) -> StoreResult<Role> {
     Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown role {s:?}")))
 }
@@ -390,35 +430,7 @@ impl MemberStore for PgStore {
     /// cluster's history, so it goes to the divergence quarantine instead of
     /// taking a seq that the active will use for something else.
     async fn sequence(&self) -> StoreResult<u64> {
-        let sql = format!(
-            "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
-             WITH st AS (SELECT role FROM us_state WHERE id = 1), \
-             moved AS (DELETE FROM us_capture WHERE (SELECT role FROM st) <> 'active' \
-                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}) \
-             INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
-             SELECT m.epoch, 0, m.entity, m.op, m.key, {IMAGE_COLS}, \
-                    'committed while this member was ' || (SELECT role FROM st) \
-             FROM moved m ORDER BY m.id; \
-             WITH b AS ( \
-                 SELECT greatest(s.pos_seq, coalesce((SELECT max(seq) FROM us_changelog), 0)) AS seq, \
-                        greatest(s.pos_epoch, coalesce((SELECT epoch FROM us_changelog \
-                                                        ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
-                 FROM us_state s WHERE s.id = 1), \
-             moved AS (DELETE FROM us_capture \
-                       WHERE (SELECT role FROM us_state WHERE id = 1) = 'active' \
-                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
-             ins AS ( \
-                 INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \
-                 SELECT b.seq + row_number() OVER (ORDER BY m.id), \
-                        greatest(b.epoch, max(m.epoch) OVER (ORDER BY m.id ROWS UNBOUNDED PRECEDING)), \
-                        m.entity, m.op, m.key, {IMAGE_COLS} \
-                 FROM moved m CROSS JOIN b \
-                 RETURNING seq, epoch) \
-             UPDATE us_state SET pos_seq = t.seq, pos_epoch = t.epoch \
-             FROM (SELECT max(seq) AS seq, max(epoch) AS epoch, count(*) AS n FROM ins) t \
-             WHERE us_state.id = 1 AND t.n > 0 \
-             RETURNING t.n"
-        );
+        let sql = sequence_sql();
         let c = self.ctl.get().await?;
         let msgs = c.simple_query(&sql).await.map_err(|e| self.err(&e))?;
         let mut locked = false;
@@ -502,6 +514,11 @@ impl MemberStore for PgStore {
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
         let mut a = self.apply.lock().await;
         let a = &mut *a;
+        if a.installing.is_some() {
+            return Err(StoreError::Backend(
+                "a snapshot install is open: changes apply after its commit".into(),
+            ));
+        }
         if a.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             a.conn = None;
             if a.open.take().is_some() {
@@ -604,7 +621,8 @@ impl MemberStore for PgStore {
 
     async fn abort_apply(&self) -> StoreResult<()> {
         let mut a = self.apply.lock().await;
-        if a.open.take().is_some()
+        let installing = a.installing.take().is_some();
+        if (a.open.take().is_some() || installing)
             && let Some((client, _)) = a.conn.as_ref()
         {
             if client.is_closed() {
@@ -782,6 +800,22 @@ impl MemberStore for PgStore {
             .try_get(0)
             .map_err(|e| StoreError::Corrupt(format!("change log: {e}")))?;
         v.map(|s| to_u64(s, "seq")).transpose()
+    }
+
+    async fn snapshot_reader(&self) -> StoreResult<SnapshotReader> {
+        self.snapshot_open().await.map(SnapshotReader::Postgres)
+    }
+
+    async fn install_snapshot_begin(&self, position: Position) -> StoreResult<()> {
+        self.install_begin(position).await
+    }
+
+    async fn install_snapshot_rows(&self, rows: &[RowImage]) -> StoreResult<()> {
+        self.install_rows(rows).await
+    }
+
+    async fn install_snapshot_commit(&self) -> StoreResult<Position> {
+        self.install_commit().await
     }
 }
 

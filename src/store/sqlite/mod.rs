@@ -14,7 +14,10 @@
 
 mod rows;
 mod schema;
+mod snapshot;
 mod wake;
+
+pub use snapshot::SqliteSnapshot;
 
 #[cfg(test)]
 mod tests;
@@ -51,6 +54,8 @@ struct Writer {
     conn: Connection,
     /// `Some(applied position so far)` while an apply transaction is open.
     apply: Option<Position>,
+    /// `Some(snapshot position)` while a snapshot install transaction is open.
+    installing: Option<Position>,
 }
 
 impl Writer {
@@ -60,6 +65,9 @@ impl Writer {
     fn end_apply(&mut self, why: &str) {
         if self.apply.take().is_some() {
             tracing::warn!(reason = why, "rolling back an open apply transaction");
+        }
+        if self.installing.take().is_some() {
+            tracing::warn!(reason = why, "rolling back an open snapshot install");
         }
         if !self.conn.is_autocommit()
             && let Err(e) = self.conn.execute_batch("ROLLBACK")
@@ -184,6 +192,7 @@ impl SqliteStore {
                 writer: Mutex::new(Writer {
                     conn: writer,
                     apply: None,
+                    installing: None,
                 }),
                 reader: Mutex::new(reader),
                 waiter,
@@ -519,6 +528,11 @@ impl MemberStore for SqliteStore {
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
         let changes = changes.to_vec();
         self.with_writer(move |w, url| {
+            if w.installing.is_some() {
+                return Err(StoreError::Backend(
+                    "a snapshot install is open: changes apply after its commit".into(),
+                ));
+            }
             if w.apply.is_none() && changes.is_empty() {
                 return position(&w.conn).map_err(|e| match e {
                     StoreError::Backend(s) if s.contains("no such table") => {
@@ -551,6 +565,7 @@ impl MemberStore for SqliteStore {
     async fn abort_apply(&self) -> StoreResult<()> {
         self.with_writer(|w, _| {
             w.apply = None;
+            w.installing = None;
             w.end_apply("abort_apply");
             Ok(())
         })
@@ -712,6 +727,10 @@ impl MemberStore for SqliteStore {
     async fn trim_log(&self, upto_seq: u64) -> StoreResult<u64> {
         let upto = i64::try_from(upto_seq).unwrap_or(i64::MAX);
         self.with_writer(move |w, url| {
+            if w.installing.is_some() {
+                // The install empties the log anyway.
+                return Ok(0);
+            }
             // Inside an open apply transaction the trim simply commits (or
             // rolls back) with it: trimming is never urgent, and aborting the
             // apply for it would waste the received changes.
@@ -733,5 +752,26 @@ impl MemberStore for SqliteStore {
             v.map(|v| u64_of(v, "seq")).transpose()
         })
         .await
+    }
+
+    async fn snapshot_reader(&self) -> StoreResult<crate::store::SnapshotReader> {
+        self.blocking(|inner| SqliteSnapshot::open(&inner.path, &inner.url))
+            .await
+            .map(crate::store::SnapshotReader::Sqlite)
+    }
+
+    async fn install_snapshot_begin(&self, position: Position) -> StoreResult<()> {
+        self.with_writer(move |w, _| snapshot::install_begin(w, position))
+            .await
+    }
+
+    async fn install_snapshot_rows(&self, rows: &[crate::model::RowImage]) -> StoreResult<()> {
+        let rows = rows.to_vec();
+        self.with_writer(move |w, _| snapshot::install_rows(w, &rows))
+            .await
+    }
+
+    async fn install_snapshot_commit(&self) -> StoreResult<Position> {
+        self.with_writer(|w, _| snapshot::install_commit(w)).await
     }
 }

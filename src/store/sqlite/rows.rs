@@ -155,6 +155,69 @@ pub(super) fn table_select(entity: Entity) -> &'static str {
     }
 }
 
+/// Like [`table_select`], with the rowid last, one keyset page at a time:
+/// `?1` is the last rowid read, `?2` the page size. Rowid order is the
+/// table's own storage order, so a page is a short range scan.
+pub(super) fn table_page(entity: Entity) -> &'static str {
+    match entity {
+        Entity::Project => {
+            "SELECT name, description, config, updated_at, rowid FROM projects \
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+        }
+        Entity::Job => {
+            "SELECT id, project, name, group_path, description, definition, schedule, \
+             schedule_enabled, execution_enabled, owner_member, updated_at, rowid FROM jobs \
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+        }
+        Entity::Key => {
+            "SELECT path, kind, content, meta, updated_at, rowid FROM keys \
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+        }
+    }
+}
+
+/// The index of the rowid column in [`table_page`]'s result.
+pub(super) fn table_page_rowid_index(entity: Entity) -> usize {
+    match entity {
+        Entity::Project => 4,
+        Entity::Job => 11,
+        Entity::Key => 5,
+    }
+}
+
+/// Insert one snapshot row into its (emptied) table. The caller holds the
+/// install transaction with `applying = 1`, so nothing is captured.
+pub(super) fn insert_image(conn: &Connection, img: &RowImage) -> StoreResult<()> {
+    let v = image_values(img);
+    let done = match img {
+        RowImage::Project(p) => conn
+            .prepare_cached(
+                "INSERT INTO projects (name, description, config, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .and_then(|mut st| st.execute(params![p.name, v[0], v[1], v[2]])),
+        RowImage::Job(j) => conn
+            .prepare_cached(
+                "INSERT INTO jobs (id, project, name, group_path, description, definition, schedule,
+                 schedule_enabled, execution_enabled, owner_member, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![j.id, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]])
+            }),
+        RowImage::Key(k) => conn
+            .prepare_cached(
+                "INSERT INTO keys (path, kind, content, meta, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut st| st.execute(params![k.path, v[0], v[1], v[2], v[3]])),
+    };
+    done.map(drop).map_err(|e| {
+        StoreError::Backend(format!(
+            "installing a snapshot row of table {}: {e}",
+            img.entity().table()
+        ))
+    })
+}
+
 /// Decode one row selected with [`table_select`].
 pub(super) fn image_from_table_row(entity: Entity, row: &Row<'_>) -> StoreResult<RowImage> {
     let at = format!("a row of table {}", entity.table());
