@@ -171,6 +171,7 @@ async fn dial_once(
             role: s.role,
             epoch: s.epoch,
             position: s.position,
+            want_snapshot: false,
         }
     };
     run_dialled(peer, hello, reader, writer, queue, shutdown).await
@@ -312,6 +313,7 @@ pub fn welcome_hello(cluster: &str, status: &Status) -> Hello {
         role: status.role,
         epoch: status.epoch,
         position: status.position,
+        want_snapshot: false,
     }
 }
 
@@ -337,6 +339,7 @@ mod tests {
             role: Role::Passive,
             epoch: Epoch(1),
             position: Position::new(1, 3),
+            want_snapshot: false,
         }
     }
 
