@@ -202,6 +202,8 @@ async fn session(
                         if let Err(e) = i.chunk(store, &rows).await {
                             break Err(e);
                         }
+                        // Chunks prove the active alive as heartbeats do.
+                        node.live.heard_active(i.progress().position, Instant::now());
                         let p = i.progress().clone();
                         node.live.update(|s| s.snapshot = Some(p));
                     }

@@ -336,3 +336,69 @@ async fn receive<R: AsyncRead + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Epoch;
+    use crate::replication::live::{Live, LiveInner, PeerLive};
+    use std::collections::BTreeMap;
+
+    fn live(role: Role) -> Live {
+        Live::new(LiveInner {
+            cluster: "c".into(),
+            member: MemberId::new("a"),
+            role,
+            epoch: Epoch(1),
+            active: Some(MemberId::new("a")),
+            position: Position::new(1, 10),
+            active_head: Position::new(1, 10),
+            behind_since: None,
+            last_heartbeat: None,
+            database_ok: true,
+            database_error: None,
+            divergent_changes: 0,
+            peers: BTreeMap::from([(MemberId::new("b"), PeerLive::default())]),
+            started: Instant::now(),
+            backend: "sqlite",
+            snapshot: None,
+        })
+    }
+
+    fn progress(sending: bool) -> SnapshotProgress {
+        let mut p = SnapshotProgress::new(MemberId::new("b"), sending, Position::new(1, 7), 3);
+        p.add(&[RowImage::Project(crate::model::ProjectRow {
+            name: "p".into(),
+            description: None,
+            config: None,
+            updated_at: 1,
+        })]);
+        p
+    }
+
+    #[test]
+    fn status_shows_a_running_snapshot_on_both_sides() {
+        let l = live(Role::Passive);
+        assert_eq!(l.status(Instant::now()).snapshot, None);
+        l.update(|s| s.snapshot = Some(progress(false)));
+        let s = l.status(Instant::now()).snapshot.expect("snapshot shown");
+        assert_eq!(
+            (s.direction, s.rows_done, s.rows_total, s.position),
+            ("receiving", 1, 3, Position::new(1, 7))
+        );
+        assert!(s.bytes > 0);
+
+        let l = live(Role::Active);
+        l.update(|s| {
+            if let Some(p) = s.peers.get_mut(&MemberId::new("b")) {
+                p.snapshot = Some(progress(true));
+            }
+        });
+        let doc = l.status(Instant::now());
+        let top = doc.snapshot.clone().expect("shown at the top");
+        assert_eq!((top.direction, top.peer.as_str()), ("sending", "b"));
+        assert_eq!(doc.peers[0].snapshot.as_ref(), Some(&top));
+        let json = serde_json::to_value(&doc).expect("json");
+        assert_eq!(json["snapshot"]["rows_total"], 3);
+    }
+}
