@@ -50,10 +50,14 @@ impl BenchDb {
                 let server = server.trim_end_matches('/').to_string();
                 let db = format!("understudy_bench_{name}_{}", std::process::id());
                 let admin = pg_admin(&server).await?;
+                // Two statements, two round trips: a multi-statement string
+                // runs as one transaction block, which DROP/CREATE DATABASE refuse.
                 admin
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {db}; CREATE DATABASE {db}"
-                    ))
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                    .await
+                    .context("dropping an old bench database")?;
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {db}"))
                     .await
                     .context("creating the bench database")?;
                 Ok(BenchDb {
