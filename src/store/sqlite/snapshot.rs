@@ -161,7 +161,8 @@ pub(super) fn install_begin(w: &mut Writer, position: Position) -> StoreResult<(
         // A bigger page cache for the install's one large transaction (the
         // default 2 MB spills dirty pages to the WAL over and over); bounded,
         // and set back at the end.
-        w.conn.execute_batch(&format!("PRAGMA cache_size = -{INSTALL_CACHE_KB}"))?;
+        w.conn
+            .execute_batch(&format!("PRAGMA cache_size = -{INSTALL_CACHE_KB}"))?;
         w.conn.execute_batch(
             "BEGIN IMMEDIATE;
              UPDATE us_state SET applying = 1 WHERE id = 1;
