@@ -68,6 +68,7 @@ impl Writer {
         }
         if self.installing.take().is_some() {
             tracing::warn!(reason = why, "rolling back an open snapshot install");
+            snapshot::reset_cache(&self.conn);
         }
         if !self.conn.is_autocommit()
             && let Err(e) = self.conn.execute_batch("ROLLBACK")

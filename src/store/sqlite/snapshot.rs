@@ -145,11 +145,24 @@ fn read_chunk(
     Ok((out, table, after))
 }
 
+/// Page cache of the writer during an install, in KiB.
+const INSTALL_CACHE_KB: u32 = 32_768;
+
+/// Restore the writer's default page cache after an install.
+pub(super) fn reset_cache(conn: &Connection) {
+    let _ = conn.execute_batch("PRAGMA cache_size = -2000");
+}
+
 /// Open the install transaction on the writer and empty the application
 /// tables and the change log inside it.
 pub(super) fn install_begin(w: &mut Writer, position: Position) -> StoreResult<()> {
     w.end_apply("snapshot install");
     let run = || -> rusqlite::Result<()> {
+        // A bigger page cache for the install's one large transaction (the
+        // default 2 MB spills dirty pages to the WAL over and over); bounded,
+        // and set back at the end.
+        w.conn
+            .execute_batch(&format!("PRAGMA cache_size = -{INSTALL_CACHE_KB}"))?;
         w.conn.execute_batch(
             "BEGIN IMMEDIATE;
              UPDATE us_state SET applying = 1 WHERE id = 1;
@@ -212,6 +225,7 @@ pub(super) fn install_commit(w: &mut Writer) -> StoreResult<Position> {
     match run() {
         Ok(()) => {
             w.installing = None;
+            reset_cache(&w.conn);
             Ok(pos)
         }
         Err(e) => {
