@@ -204,14 +204,23 @@ async fn passive_status_reports_lag_and_position() {
     assert_eq!(b["active"], "a");
     assert_eq!(a["position"], b["position"]);
     assert_eq!(b["lag"]["changes"], 0);
-    let peers = a["peers"].as_array().unwrap();
-    assert_eq!(peers.len(), 2);
-    assert!(
-        peers
-            .iter()
-            .all(|p| p["connected"] == true && p["lag_changes"] == 0),
-        "{a}"
-    );
+    assert_eq!(a["peers"].as_array().unwrap().len(), 2);
+    // A passive's ack reaches the active just after the passive's own
+    // /status shows the commit: wait for it rather than race it.
+    wait_until(
+        Duration::from_secs(5),
+        "both passives acked on the active",
+        || async {
+            cl.status("a").await.is_ok_and(|a| {
+                a["peers"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .all(|p| p["connected"] == true && p["lag_changes"] == 0)
+                })
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", a));
     wait_until(Duration::from_secs(5), "a heartbeat on b", || async {
         cl.status("b")
             .await
