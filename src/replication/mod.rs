@@ -68,7 +68,6 @@ pub struct NodeCtx {
     /// Checksum marks for `understudy verify` (see [`marks`]).
     pub marks: Arc<marks::Marks>,
     epoch: AtomicU64,
-    batches_sent: AtomicU64,
 }
 
 impl NodeCtx {
@@ -87,7 +86,6 @@ impl NodeCtx {
             metrics: Arc::new(Metrics::default()),
             marks: Arc::new(marks::Marks::default()),
             epoch: AtomicU64::new(epoch.0),
-            batches_sent: AtomicU64::new(0),
         }
     }
 
@@ -97,14 +95,5 @@ impl NodeCtx {
 
     pub fn set_epoch(&self, e: Epoch) {
         self.epoch.store(e.0, Ordering::Relaxed);
-    }
-
-    pub fn metrics_batch_sent(&self) {
-        self.batches_sent.fetch_add(1, Ordering::Relaxed);
-        self.metrics.batches_shipped.inc();
-    }
-
-    pub fn batches_sent(&self) -> u64 {
-        self.batches_sent.load(Ordering::Relaxed)
     }
 }

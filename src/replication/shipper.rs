@@ -230,7 +230,7 @@ where
             if let Err(e) = writer.send(&ServerMsg::Batch(batch)).await {
                 break Err(e.into());
             }
-            node.metrics_batch_sent();
+            node.metrics.batches_shipped.inc();
             node.metrics.changes_shipped.add(n_changes);
             node.metrics
                 .bytes_shipped
