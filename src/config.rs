@@ -170,6 +170,9 @@ pub struct Config {
     pub priority: i64,
     /// `None` only on a witness.
     pub database: Option<DatabaseUrl>,
+    /// Where a witness keeps its vote, epoch and pause flag (it has no
+    /// database). Default: `<member>.witness-state` beside the config file.
+    pub witness_state: PathBuf,
     pub replication: Replication,
     pub status: StatusConfig,
     pub tls: TlsPaths,
@@ -275,6 +278,7 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("", "witness", Kind::Bool),
     ("", "no_failover", Kind::Bool),
     ("", "priority", Kind::Int),
+    ("", "witness_state", Kind::Str),
     ("database", "url", Kind::Str),
     ("replication", "listen", Kind::Str),
     ("replication", "heartbeat_interval_ms", Kind::Int),
@@ -380,6 +384,7 @@ struct RawConfig {
     no_failover: bool,
     #[serde(default)]
     priority: i64,
+    witness_state: Option<String>,
     database: Option<RawDatabase>,
     replication: RawReplication,
     status: RawStatus,
@@ -689,6 +694,12 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             base.join(p)
         })
     };
+    let witness_state = path(
+        "witness_state",
+        raw.witness_state
+            .as_deref()
+            .unwrap_or(&format!("{member}.witness-state")),
+    )?;
     let tls = TlsPaths {
         ca: path("tls.ca", &raw.tls.ca)?,
         cert: path("tls.cert", &raw.tls.cert)?,
@@ -711,6 +722,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         no_failover: raw.no_failover,
         priority: raw.priority,
         database,
+        witness_state,
         replication,
         status,
         tls,

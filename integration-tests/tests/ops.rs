@@ -22,6 +22,10 @@ const KEY_CONTENT: &[u8] = b"ops-test-secret-key-content";
 /// A 3-member SQLite cluster with static roles (a active), started.
 /// `status_tls` turns on `[status] tls = true` for every member.
 fn start_cluster(dir: &Path, status_tls: bool) -> LocalCluster {
+    start_cluster_with(dir, status_tls, false)
+}
+
+fn start_cluster_with(dir: &Path, status_tls: bool, auto_failover: bool) -> LocalCluster {
     let specs: Vec<MemberSpec> = ["a", "b", "c"]
         .iter()
         .map(|m| MemberSpec {
@@ -34,7 +38,7 @@ fn start_cluster(dir: &Path, status_tls: bool) -> LocalCluster {
         &understudy_bin(),
         &specs,
         ClusterOptions {
-            auto_failover: false,
+            auto_failover,
             token: TOKEN.into(),
             ..ClusterOptions::default()
         },
@@ -214,23 +218,85 @@ async fn endpoints_answer_per_contract_and_refuse_bad_requests() {
     assert_eq!(req(&a, "GET", "/pause", None, None).await.code, 405);
     assert_eq!(req(&a, "DELETE", "/metrics", None, None).await.code, 405);
 
-    // The token: missing, wrong, malformed; right but no controller yet.
+    // The token: missing or wrong.
     for action in ["/switchover", "/promote", "/pause", "/resume"] {
         let r = req(&a, "POST", action, None, None).await;
         assert_eq!(r.code, 401, "{action}: {}", r.body);
         let r = req(&a, "POST", action, Some("wrong-token-xxxxxxxx"), None).await;
         assert_eq!(r.code, 401, "{action}: {}", r.body);
-        let body = match action {
-            "/switchover" => Some(r#"{"to": "b"}"#),
-            _ => None,
-        };
-        let r = req(&a, "POST", action, Some(TOKEN), body).await;
-        assert_eq!(r.code, 503, "{action}: {}", r.body);
-        assert_eq!(
-            json(&r)["error"],
-            "automatic failover control is not running on this member"
-        );
     }
+    // With the token the controller answers: pause is cluster-wide (b
+    // learns it from a), resume lifts it everywhere.
+    let r = req(&a, "POST", "/pause", Some(TOKEN), None).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    assert_eq!(json(&r)["result"]["paused"], true, "{}", r.body);
+    for addr in [&a, &b] {
+        let addr = addr.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "every member to show the pause",
+            || {
+                let addr = addr.clone();
+                async move {
+                    let st = json(&req(&addr, "GET", "/status", None, None).await);
+                    st["paused"] == true
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let st = json(&req(&b, "GET", "/status", None, None).await);
+    let reasons = st["failover"]["not_promoting"].to_string();
+    assert!(reasons.contains("paused"), "{st}");
+    let r = req(&b, "POST", "/resume", Some(TOKEN), None).await;
+    assert_eq!(r.code, 200, "{}", r.body);
+    for addr in [&a, &b] {
+        let addr = addr.clone();
+        wait_until(
+            Duration::from_secs(10),
+            "every member to show the resume",
+            || {
+                let addr = addr.clone();
+                async move {
+                    let st = json(&req(&addr, "GET", "/status", None, None).await);
+                    st["paused"] == false
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+    // A promotion without force is a switchover; an unknown target is a
+    // bad request; a switchover asked of a passive is refused.
+    let r = req(&b, "POST", "/promote", Some(TOKEN), None).await;
+    assert_eq!(r.code, 400, "{}", r.body);
+    let r = req(
+        &a,
+        "POST",
+        "/switchover",
+        Some(TOKEN),
+        Some(r#"{"to": "zed"}"#),
+    )
+    .await;
+    assert_eq!(r.code, 400, "{}", r.body);
+    let r = req(
+        &b,
+        "POST",
+        "/switchover",
+        Some(TOKEN),
+        Some(r#"{"to": "b"}"#),
+    )
+    .await;
+    assert_eq!(r.code, 409, "{}", r.body);
+    assert!(
+        json(&r)["error"]
+            .as_str()
+            .unwrap()
+            .contains("only the active"),
+        "{}",
+        r.body
+    );
     let malformed = format!(
         "POST /pause HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
@@ -436,12 +502,12 @@ async fn promtool_accepts_the_metrics_of_active_and_passive() {
 async fn haproxy_routes_to_the_active_only() {
     let haproxy = tools::ensure("haproxy", "haproxy");
     let dir = tempfile::tempdir().unwrap();
-    let mut cl = start_cluster(dir.path(), false);
+    let mut cl = start_cluster_with(dir.path(), false, true);
     converge_started(&cl).await;
     let front = free_addr();
     let sock = dir.path().join("haproxy.sock");
     let mut cfg = format!(
-        "global\n    maxconn 256\n    stats socket {}\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 1s\n\n\
+        "global\n    maxconn 256\n    stats socket {}\n\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n    timeout check 1s\n    retries 1\n    option redispatch\n\n\
          frontend app\n    bind {front}\n    default_backend active\n\n\
          backend active\n    option httpchk GET /active\n    http-check expect status 200\n    default-server inter 200ms fall 1 rise 1\n",
         sock.display()
@@ -509,29 +575,65 @@ async fn haproxy_routes_to_the_active_only() {
         assert_eq!(json(&r)["member"], "a", "HAProxy routed to a passive");
     }
 
-    // The active stops: HAProxy has nowhere to route (503), and never sends
-    // the traffic to a passive.
-    let code = tokio::task::block_in_place(|| cl.stop("a", Duration::from_secs(15)));
-    assert_eq!(code, Some(0));
+    // kill -9 the active: within failover_timeout + the check interval
+    // + 1 s, requests reach the new active, and never a passive.
+    let opts = cl.options.clone();
+    let budget = Duration::from_millis(opts.failover_ms + 200 + 1000);
+    let killed = Instant::now();
+    tokio::task::block_in_place(|| cl.kill("a"));
+    let new_active = loop {
+        // A request caught on the dead member is abandoned after a short
+        // wait, as a client would retry it.
+        let r = client::request(
+            &front,
+            "GET",
+            "/status",
+            None,
+            None,
+            Duration::from_millis(500),
+        )
+        .await;
+        if let Ok(r) = r
+            && r.code == 200
+        {
+            let st = json(&r);
+            assert_eq!(st["role"], "active", "routed to a non-active: {st}");
+            if st["member"] != "a" {
+                break st["member"].as_str().unwrap().to_string();
+            }
+        }
+        if killed.elapsed() > budget + Duration::from_secs(5) {
+            dump(&cl);
+            panic!("HAProxy never reached a new active");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed.elapsed();
+    if took > budget {
+        dump(&cl);
+    }
+    assert!(
+        took <= budget,
+        "requests reached the new active {new_active} after {took:?} (budget {budget:?})"
+    );
+    eprintln!("HAProxy routed to the new active {new_active} {took:?} after the kill");
+
+    // The old active comes back as a passive; HAProxy keeps routing to the
+    // new active only.
+    cl.start("a").unwrap();
     wait_until(
-        Duration::from_secs(10),
-        "HAProxy to mark a down",
-        || async { matches!(through(front.clone()).await, Ok(r) if r.code == 503) },
+        Duration::from_secs(20),
+        "a to rejoin as a passive",
+        || async { cl.status("a").await.is_ok_and(|st| st["role"] == "passive") },
     )
     .await
     .unwrap();
-    for _ in 0..10 {
+    for _ in 0..20 {
         let r = through(front.clone()).await.unwrap();
-        assert_eq!(r.code, 503, "routed to {}", r.body);
+        assert_eq!(r.code, 200);
+        assert_eq!(json(&r)["member"], new_active.as_str());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    // It comes back as the active, and HAProxy routes to it again.
-    cl.start("a").unwrap();
-    wait_until(Duration::from_secs(20), "HAProxy to route to a again", || async {
-        matches!(through(front.clone()).await, Ok(r) if r.code == 200 && json(&r)["member"] == "a")
-    })
-    .await
-    .unwrap();
 }
 
 /// Server name -> status ("UP", "DOWN", ...) of the `active` backend, from
@@ -767,11 +869,14 @@ async fn graceful_stop_fences_the_active_and_keeps_data_consistent() {
     );
     drop(b_state);
     writer.await.unwrap().unwrap();
+    cl.start("b").unwrap();
+    converge(&cl).await;
 
-    // Stop the active: exit 0, and from then on its database refuses writes.
-    let code = tokio::task::block_in_place(|| cl.stop("a", Duration::from_secs(15)));
+    // Stop the active: it hands over to an up-to-date passive (automatic
+    // failover is off in this cluster, so only the handover can make a new
+    // active), exits 0, and its database refuses writes from then on.
+    let code = tokio::task::block_in_place(|| cl.stop("a", Duration::from_secs(20)));
     assert_eq!(code, Some(0), "{}", cl.log_tail("a", 20));
-    let t = Instant::now();
     let mut app = AppConn::connect(&a_url).await.unwrap();
     let err = app
         .execute(&[AppOp::UpsertProject {
@@ -782,40 +887,57 @@ async fn graceful_stop_fences_the_active_and_keeps_data_consistent() {
         .await
         .expect_err("a write to a stopped active must be refused");
     let msg = err.0;
-    assert!(msg.contains("lease"), "{msg}");
+    assert!(msg.contains("fenced") || msg.contains("lease"), "{msg}");
     assert!(
-        t.elapsed() < Duration::from_millis(500),
-        "refused at once, not after lease_timeout"
+        cl.log_tail("a", 40).contains("handed over"),
+        "{}",
+        cl.log_tail("a", 40)
     );
-    assert!(cl.log_tail("a", 20).contains("lease ended"));
-
-    // Both come back in their roles; the active takes writes again; b
-    // catches up and matches a exactly.
-    cl.start("a").unwrap();
-    cl.start("b").unwrap();
-    wait_until(Duration::from_secs(20), "a to accept writes again", || {
-        let a_url = a_url.clone();
-        async move {
-            let Ok(mut app) = AppConn::connect(&a_url).await else {
-                return false;
-            };
-            app.execute(&[AppOp::UpsertProject {
-                name: "after-restart".into(),
-                description: "accepted".into(),
-                config: "{}".into(),
-            }])
-            .await
-            .is_ok()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let new_active = 'found: loop {
+        for m in ["b", "c"] {
+            if let Ok(st) = cl.status(m).await
+                && st["role"] == "active"
+            {
+                break 'found m.to_string();
+            }
         }
-    })
+        if Instant::now() > deadline {
+            dump(&cl);
+            panic!("neither b nor c became the active after a's handover");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let n_url = url(&cl, &new_active);
+    let mut app = AppConn::connect(&n_url).await.unwrap();
+    app.execute(&[AppOp::UpsertProject {
+        name: "after-handover".into(),
+        description: "accepted by the new active".into(),
+        config: "{}".into(),
+    }])
     .await
     .unwrap();
-    converge(&cl).await;
-    assert_eq!(cl.status("a").await.unwrap()["role"], "active");
-    assert_eq!(cl.status("b").await.unwrap()["role"], "passive");
-    assert_eq!(
-        checksums(&a_url).await.unwrap(),
-        checksums(&b_url).await.unwrap()
-    );
-    assert!(change_log(&a_url).await.unwrap() == change_log(&b_url).await.unwrap());
+
+    // The old active comes back as a passive and catches up exactly.
+    cl.start("a").unwrap();
+    if let Err(e) = cl
+        .wait_converged(&new_active, 1, Duration::from_secs(60))
+        .await
+    {
+        dump(&cl);
+        panic!("{e}");
+    }
+    assert_eq!(cl.status("a").await.unwrap()["role"], "passive");
+    for m in ["a", "b", "c"] {
+        let u = url(&cl, m);
+        assert_eq!(
+            checksums(&u).await.unwrap(),
+            checksums(&n_url).await.unwrap(),
+            "{m}"
+        );
+        assert!(
+            change_log(&u).await.unwrap() == change_log(&n_url).await.unwrap(),
+            "{m}"
+        );
+    }
 }

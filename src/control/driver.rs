@@ -272,7 +272,7 @@ pub struct Driver<S, N, R, C = BootClock> {
     rng: SplitMix,
     /// Ticks at least this often (`heartbeat_interval / 4`).
     tick_every: Millis,
-    /// Tick jitter is drawn from `[0, jitter_bound)`.
+    /// Tick jitter is drawn from `[0, jitter_bound)` (`heartbeat_interval`).
     jitter_bound: Millis,
     status_tx: watch::Sender<Status>,
     pending_switchover: Option<oneshot::Sender<CommandOutcome>>,
@@ -293,7 +293,11 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
     ) -> Result<(Self, watch::Receiver<Status>), DriverError> {
         let now = clock.now();
         let tick_every = (cfg.heartbeat_interval / 4).max(1);
-        let jitter_bound = (cfg.failover_timeout / 2).max(1);
+        // Jitter only needs to break ties between candidates that lost the
+        // active at the same moment; pre-votes and the candidate ranking
+        // (position, priority, id) settle the rest. One heartbeat interval
+        // keeps failover within failover_timeout + heartbeat_interval.
+        let jitter_bound = cfg.heartbeat_interval.max(1);
         let me = cfg.me.clone();
         let witness = cfg.is_witness();
         let (engine, startup) = Engine::new(cfg.clone(), persisted, now)?;

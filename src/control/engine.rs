@@ -549,6 +549,7 @@ impl Engine {
             });
         }
         let commit = l.commit;
+        let paused = self.paused;
         for to in others {
             out.push(Action::Send {
                 to,
@@ -557,6 +558,7 @@ impl Engine {
                     sent_at: now,
                     head,
                     commit,
+                    paused,
                 },
             });
         }
@@ -655,7 +657,15 @@ impl Engine {
                 sent_at,
                 head,
                 commit,
-            } => self.on_heartbeat(from, epoch, sent_at, head, commit, out),
+                paused,
+            } => {
+                let current = epoch >= self.term();
+                self.on_heartbeat(from.clone(), epoch, sent_at, head, commit, out);
+                if current && self.active.as_ref() == Some(&from) {
+                    self.set_paused(paused, out);
+                }
+            }
+            Message::SetPaused { paused } => self.set_paused(paused, out),
             Message::HeartbeatAck {
                 epoch,
                 sent_at,
@@ -1175,7 +1185,12 @@ impl Engine {
         };
         c.next_resend = next;
         for to in others {
-            if c.grants.get(&to).is_some() || c.refusals.contains_key(&to) {
+            // A voter that still heard the active when it answered may have
+            // stopped hearing it since: ask it again (its window is
+            // failover_timeout from its own last heartbeat, a few ms off
+            // ours). Every other refusal stands for the whole round.
+            let temporary = matches!(c.refusals.get(&to), Some(VoteRefusal::ActiveAlive { .. }));
+            if c.grants.get(&to).is_some() || (c.refusals.contains_key(&to) && !temporary) {
                 continue;
             }
             out.push(Action::Send {
@@ -1270,14 +1285,26 @@ impl Engine {
     fn on_command(&mut self, c: Command, out: &mut Vec<Action>) {
         match c {
             Command::Pause | Command::Resume => {
-                let p = c == Command::Pause;
-                if self.paused != p {
-                    self.paused = p;
-                    out.push(Action::PersistPaused { paused: p });
+                let paused = c == Command::Pause;
+                self.set_paused(paused, out);
+                // Cluster-wide: tell every other voter (the active's
+                // heartbeats carry the flag to whoever misses this).
+                for to in self.others() {
+                    out.push(Action::Send {
+                        to,
+                        msg: Message::SetPaused { paused },
+                    });
                 }
             }
             Command::ForcePromote => self.force_promote(out),
             Command::Switchover { to } => self.start_switchover(to, out),
+        }
+    }
+
+    fn set_paused(&mut self, paused: bool, out: &mut Vec<Action>) {
+        if self.paused != paused {
+            self.paused = paused;
+            out.push(Action::PersistPaused { paused });
         }
     }
 
@@ -1364,6 +1391,7 @@ impl Engine {
                         sent_at: now,
                         head: self.position,
                         commit: l.commit,
+                        paused: self.paused,
                     },
                 });
             }

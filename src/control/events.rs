@@ -61,7 +61,14 @@ pub enum Message {
         head: Position,
         /// The newest position a majority has acknowledged (Raft rule).
         commit: Position,
+        /// Automatic failover paused cluster-wide: followers adopt the
+        /// active's flag, so a member that missed a pause or resume (it was
+        /// down, or cut off) learns it from the next heartbeat.
+        paused: bool,
     },
+    /// An operator paused or resumed automatic failover on the sender; every
+    /// member adopts it (best effort; heartbeats repair what is missed).
+    SetPaused { paused: bool },
     /// Answer to a heartbeat of `epoch`. `position` is the sender's applied
     /// position; `None` from a witness (it holds no data).
     HeartbeatAck {

@@ -23,7 +23,7 @@
 //! - Load [`PersistedState`] (the member's `us_state`, or the witness's vote
 //!   file), call [`Engine::new`] and run the start-up actions first.
 //! - Feed [`Event::Tick`] at least every `heartbeat_interval / 4` with a fresh
-//!   random `jitter` in `[0, failover_timeout / 2)`, every controller message
+//!   random `jitter` in `[0, heartbeat_interval)`, every controller message
 //!   as [`Event::Received`] (sender = the peer's certificate name), every
 //!   change of the local position as [`Event::Position`], and after executing
 //!   each [`Action::Fence`] an [`Event::FenceApplied`] with the head read

@@ -328,6 +328,7 @@ mod tests {
             sent_at: n,
             head: Position::new(1, n),
             commit: Position::ZERO,
+            paused: false,
         }
     }
 

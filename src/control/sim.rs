@@ -396,7 +396,8 @@ impl Sim {
                 if self.nodes[node].life != life || self.nodes[node].engine.is_none() {
                     return Ok(());
                 }
-                let jitter = self.rng.below(self.p.failover / 2);
+                // As the driver draws it.
+                let jitter = self.rng.below(self.p.heartbeat.max(1));
                 self.step(node, Event::Tick { jitter })?;
                 let period = (self.p.tick as f64 / self.nodes[node].rate).ceil() as u64;
                 self.at(self.now + period.max(1), Ev::Tick { node, life });

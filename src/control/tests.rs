@@ -77,6 +77,7 @@ fn hb(epoch: u64, sent_at: Millis, head: Position) -> Message {
         sent_at,
         head,
         commit: Position::ZERO,
+        paused: false,
     }
 }
 
@@ -155,6 +156,7 @@ fn heartbeats_c(
                 sent_at,
                 head,
                 commit,
+                paused: false,
             };
             send(t, msg)
         })
@@ -793,16 +795,23 @@ fn switchover_is_refused_off_the_active_and_to_a_witness() {
 #[test]
 fn pause_blocks_candidacy_until_resumed() {
     let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    let told = |paused| {
+        vec![
+            send("a", Message::SetPaused { paused }),
+            send("c", Message::SetPaused { paused }),
+        ]
+    };
     assert_eq!(
         b.step(1, Event::Command(Command::Pause)),
-        vec![Action::PersistPaused { paused: true }]
+        [vec![Action::PersistPaused { paused: true }], told(true)].concat()
     );
-    assert_eq!(b.step(2, Event::Command(Command::Pause)), vec![]);
+    // Pausing again persists nothing but tells the others again.
+    assert_eq!(b.step(2, Event::Command(Command::Pause)), told(true));
     assert_eq!(b.step(5000, tick()), vec![]);
     assert_eq!(b.not_promoting(5000), vec![NotPromoting::Paused]);
     assert_eq!(
         b.step(5001, Event::Command(Command::Resume)),
-        vec![Action::PersistPaused { paused: false }]
+        [vec![Action::PersistPaused { paused: false }], told(false)].concat()
     );
     let out = b.step(5002, tick());
     assert_eq!(out[0], send("a", prv(2, "b", p(1, 10), 5002)));
@@ -921,6 +930,7 @@ fn a_witness_votes_acks_without_a_position_and_never_stands() {
                     sent_at: 10,
                     head: p(1, 50),
                     commit: p(1, 40),
+                    paused: false,
                 }
             )
         ),
@@ -1129,4 +1139,74 @@ fn a_two_member_cluster_without_witness_is_manual_and_keeps_writing_alone() {
     let mut b = start(b_cfg, passive(1, "a", p(1, 1)), 0);
     assert_eq!(b.step(10_000, tick()), vec![]);
     assert_eq!(b.not_promoting(10_000), vec![NotPromoting::AutoFailoverOff]);
+}
+
+#[test]
+fn pause_spreads_by_message_and_by_the_actives_heartbeats() {
+    // A member told by another adopts the flag and persists it, without
+    // telling anyone further.
+    let mut c = start(cfg("c"), passive(1, "a", p(1, 10)), 0);
+    assert_eq!(
+        c.step(1, recv("b", Message::SetPaused { paused: true })),
+        vec![Action::PersistPaused { paused: true }]
+    );
+    assert!(c.paused());
+    // The active's heartbeat carries its flag: a member that missed a
+    // resume learns it from the next one.
+    let mut resumed = hb(1, 5, p(1, 10));
+    if let Message::Heartbeat { paused, .. } = &mut resumed {
+        *paused = false;
+    }
+    let out = c.step(10, recv("a", resumed));
+    assert!(
+        out.contains(&Action::PersistPaused { paused: false }),
+        "{out:?}"
+    );
+    assert!(!c.paused());
+    // A heartbeat from an active of an older epoch changes nothing.
+    let mut c = start(cfg("c"), passive(2, "b", p(2, 10)), 0);
+    let mut stale = hb(1, 5, p(1, 10));
+    if let Message::Heartbeat { paused, .. } = &mut stale {
+        *paused = true;
+    }
+    let out = c.step(10, recv("a", stale));
+    assert!(
+        !out.contains(&Action::PersistPaused { paused: true }),
+        "{out:?}"
+    );
+    assert!(!c.paused());
+}
+
+#[test]
+fn a_voter_that_still_heard_the_active_is_asked_again() {
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    b.step(10, recv("a", hb(1, 5, p(1, 10))));
+    let out = b.step(2000, tick());
+    assert!(
+        out.contains(&send("c", prv(2, "b", p(1, 10), 2000))),
+        "{out:?}"
+    );
+    // c still heard a a moment ago: a temporary refusal.
+    b.step(
+        2001,
+        recv(
+            "c",
+            Message::VoteReply {
+                epoch: Epoch(2),
+                sent_at: 2000,
+                granted: false,
+                term: Epoch(1),
+                refusal: Some(VoteRefusal::ActiveAlive {
+                    active: Some(m("a")),
+                }),
+                pre: true,
+            },
+        ),
+    );
+    // The next resend asks c again (and a, which never answered).
+    let out = b.step(2000 + 200, tick());
+    assert!(
+        out.contains(&send("c", prv(2, "b", p(1, 10), 2000))),
+        "{out:?}"
+    );
 }

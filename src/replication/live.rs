@@ -5,12 +5,14 @@
 //! Must never: be the source of truth for roles or positions (the database
 //! and the controller are); hold its lock across an await.
 
+use crate::control::{ElectionReport, NotPromoting, Status as ControlStatus};
 use crate::model::{Epoch, MemberId, Position, Role};
 use crate::replication::snapshot::{SnapshotProgress, SnapshotStatus};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
+use tokio::sync::watch;
 
 /// What one member knows about one peer.
 #[derive(Clone, Debug, Default)]
@@ -51,11 +53,19 @@ pub struct LiveInner {
     pub backend: &'static str,
     /// A snapshot being received from the active (passive side).
     pub snapshot: Option<SnapshotProgress>,
+    /// The promotion controller's view (`None` until it has started).
+    pub controller: Option<ControlStatus>,
 }
 
 /// Shared, cheap to clone behind an `Arc`.
 #[derive(Debug)]
-pub struct Live(Mutex<LiveInner>);
+pub struct Live {
+    inner: Mutex<LiveInner>,
+    /// `position` as a watch: the promotion controller follows this
+    /// member's own position through it (head on the active, applied on a
+    /// passive). Published after every update that moved it.
+    position: watch::Sender<Position>,
+}
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Lag {
@@ -99,6 +109,59 @@ pub struct StatusDoc {
     /// A snapshot running now: the one received on a passive, the first of
     /// those being sent on the active (each peer entry shows its own).
     pub snapshot: Option<SnapshotStatus>,
+    /// Automatic failover suspended cluster-wide by an operator.
+    pub paused: bool,
+    /// The promotion controller's view; `None` before it started.
+    pub failover: Option<FailoverDoc>,
+}
+
+/// The promotion controller's part of `/status`: above all, why this member
+/// would not (or does not) become the active.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct FailoverDoc {
+    /// Whether this member would stand for election if the active failed
+    /// now (a passive that is not lagging, paused, tagged or a witness).
+    pub eligible: bool,
+    /// Why it is not promoting; empty on the active and on an eligible
+    /// passive while the active is healthy.
+    pub not_promoting: Vec<NotPromoting>,
+    /// The newest epoch voted in or known.
+    pub term: u64,
+    /// Newest commit point (a position a majority holds) this member knows.
+    pub commit: Position,
+    /// On the active: lease time left.
+    pub lease_remaining_ms: Option<u64>,
+    /// On the active during a planned switchover: the target.
+    pub switchover_to: Option<String>,
+    /// The active renews its lease on its own authority (forced promotion
+    /// until a majority follows, or an operator-only pair).
+    pub forced: bool,
+    pub last_election: Option<ElectionReport>,
+}
+
+impl FailoverDoc {
+    fn of(c: &ControlStatus) -> FailoverDoc {
+        let blocked = c.not_promoting.iter().any(|r| {
+            matches!(
+                r,
+                NotPromoting::Witness
+                    | NotPromoting::AutoFailoverOff
+                    | NotPromoting::Paused
+                    | NotPromoting::NoFailover
+                    | NotPromoting::Lagging { .. }
+            )
+        });
+        FailoverDoc {
+            eligible: matches!(c.role, Role::Passive | Role::Candidate) && !blocked,
+            not_promoting: c.not_promoting.clone(),
+            term: c.term.0,
+            commit: c.commit,
+            lease_remaining_ms: c.lease_remaining_ms,
+            switchover_to: c.switchover_to.as_ref().map(ToString::to_string),
+            forced: c.forced,
+            last_election: c.last_election.clone(),
+        }
+    }
 }
 
 fn ms_since(t: Option<Instant>, now: Instant) -> u64 {
@@ -108,16 +171,34 @@ fn ms_since(t: Option<Instant>, now: Instant) -> u64 {
 
 impl Live {
     pub fn new(inner: LiveInner) -> Self {
-        Live(Mutex::new(inner))
+        let (position, _) = watch::channel(inner.position);
+        Live {
+            inner: Mutex::new(inner),
+            position,
+        }
     }
 
     /// Run `f` on the state under the lock (never across an await).
     pub fn update<T>(&self, f: impl FnOnce(&mut LiveInner) -> T) -> T {
-        let mut g = match self.0.lock() {
+        let mut g = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        f(&mut g)
+        let out = f(&mut g);
+        let pos = g.position;
+        // Published under the lock, so two updates can never publish out of
+        // order (sending on a watch does not block).
+        self.position.send_if_modified(|p| {
+            let moved = *p != pos;
+            *p = pos;
+            moved
+        });
+        out
+    }
+
+    /// This member's own position, as it moves.
+    pub fn position_watch(&self) -> watch::Receiver<Position> {
+        self.position.subscribe()
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&LiveInner) -> T) -> T {
@@ -248,9 +329,14 @@ impl Live {
                     changes: lag_changes,
                     ms: lag_ms,
                 },
-                last_heartbeat_ms: s
-                    .last_heartbeat
-                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                // The controller hears the active's heartbeats; before it
+                // runs, the replication stream's are all there is.
+                last_heartbeat_ms: match &s.controller {
+                    Some(c) if c.role != Role::Active => c.last_heartbeat_ms,
+                    _ => s
+                        .last_heartbeat
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                },
                 peers,
                 divergent_changes: s.divergent_changes,
                 version: env!("CARGO_PKG_VERSION"),
@@ -263,6 +349,8 @@ impl Live {
                     .as_ref()
                     .or_else(|| s.peers.values().find_map(|p| p.snapshot.as_ref()))
                     .map(|x| x.status(now)),
+                paused: s.controller.as_ref().is_some_and(|c| c.paused),
+                failover: s.controller.as_ref().map(FailoverDoc::of),
             }
         })
     }
@@ -291,6 +379,7 @@ mod tests {
             started: Instant::now(),
             backend: "sqlite",
             snapshot: None,
+            controller: None,
         })
     }
 

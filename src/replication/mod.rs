@@ -67,6 +67,13 @@ pub struct NodeCtx {
     pub metrics: Arc<Metrics>,
     /// Checksum marks for `understudy verify` (see [`marks`]).
     pub marks: Arc<marks::Marks>,
+    /// Whether this member streams its change log to passives now. The
+    /// promotion controller opens the gate when this member becomes the
+    /// active and closes it when it stops being one; closing it ends every
+    /// shipping session at once. (Not the same as `role == active`: during a
+    /// planned switchover the fenced active keeps shipping until the target
+    /// holds the exact head.)
+    pub shipping: tokio::sync::watch::Sender<bool>,
     epoch: AtomicU64,
 }
 
@@ -85,6 +92,7 @@ impl NodeCtx {
             limits,
             metrics: Arc::new(Metrics::default()),
             marks: Arc::new(marks::Marks::default()),
+            shipping: tokio::sync::watch::channel(false).0,
             epoch: AtomicU64::new(epoch.0),
         }
     }

@@ -1,11 +1,14 @@
 //! The replication listener: accepts mutual-TLS connections, checks the
-//! handshake, and hands a welcomed passive to its shipper.
+//! handshake, and hands a welcomed passive to its shipper, or a control
+//! stream (`ControlHello`) to the promotion controller.
 //!
 //! Owns: the accept loop and the handshake rules on the accepting side.
 //! Must never: read a frame from a peer whose certificate was refused (the
 //! transport drops it first), or let one bad connection affect another.
 
-use crate::model::{Position, Role};
+use crate::control::peer_net::{serve_control_stream, welcome_hello};
+use crate::control::{Message, Status as ControlStatus};
+use crate::model::{MemberId, Position, Role};
 use crate::replication::shipper::{Start, Subscriber, check_start, ship};
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::AnyStore;
@@ -20,6 +23,14 @@ use tokio::sync::watch;
 /// How long a connected peer has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where control streams go: the promotion controller's inbox, and its
+/// status for the answering hello.
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    pub inbound: tokio::sync::mpsc::Sender<(MemberId, Message)>,
+    pub status: watch::Receiver<ControlStatus>,
+}
+
 /// Accept connections until `shutdown` fires.
 pub async fn serve(
     listener: TcpListener,
@@ -27,6 +38,7 @@ pub async fn serve(
     node: Arc<NodeCtx>,
     store: Option<Arc<AnyStore>>,
     head_rx: watch::Receiver<Position>,
+    control: Option<ControlPlane>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -42,15 +54,16 @@ pub async fn serve(
                 continue;
             }
         };
-        let (tls, node, store, head_rx, shutdown) = (
+        let (tls, node, store, head_rx, control, shutdown) = (
             tls.clone(),
             node.clone(),
             store.clone(),
             head_rx.clone(),
+            control.clone(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
-            if let Err(e) = handle(tcp, tls, node, store, head_rx, shutdown).await {
+            if let Err(e) = handle(tcp, tls, node, store, head_rx, control, shutdown).await {
                 tracing::warn!(peer_addr = %addr, error = %e, "replication connection closed");
             }
         });
@@ -63,6 +76,7 @@ async fn handle(
     node: Arc<NodeCtx>,
     store: Option<Arc<AnyStore>>,
     head_rx: watch::Receiver<Position>,
+    control: Option<ControlPlane>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ReplicationError> {
     let (peer, stream) = tls.accept(tcp).await?;
@@ -72,6 +86,28 @@ async fn handle(
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.recv()).await {
         Err(_) => return Err(ReplicationError::Timeout("waiting for the peer's hello")),
         Ok(Ok(Some(ClientMsg::Hello(h)))) => h,
+        Ok(Ok(Some(ClientMsg::ControlHello(h)))) => {
+            let Some(cp) = control else {
+                return refuse(
+                    &mut writer,
+                    &peer,
+                    "no promotion controller runs on this member".into(),
+                )
+                .await;
+            };
+            let me = welcome_hello(&node.config.cluster, &cp.status.borrow());
+            return serve_control_stream(
+                &node.config.cluster,
+                me,
+                peer.clone(),
+                h,
+                reader,
+                writer,
+                cp.inbound,
+            )
+            .await
+            .map_err(|e| ReplicationError::Peer(format!("control stream from {peer}: {e}")));
+        }
         Ok(Ok(Some(_))) => {
             return Err(ReplicationError::Peer(format!(
                 "{peer} spoke before its hello"
@@ -84,7 +120,8 @@ async fn handle(
         return refuse(&mut writer, &peer, reason).await;
     }
     let my_role = node.live.read(|s| s.role);
-    let Some(store) = store.filter(|_| my_role == Role::Active) else {
+    let shipping = node.shipping.subscribe();
+    let Some(store) = store.filter(|_| *shipping.borrow()) else {
         let active = node.live.read(|s| s.active.clone());
         return refuse(
             &mut writer,
@@ -118,6 +155,7 @@ async fn handle(
     };
     writer.send(&ServerMsg::Welcome(me)).await?;
     tracing::info!(peer = %peer, from = %hello.position, role = %hello.role, "streaming to peer");
+    let stop = stop_when_not_shipping(shipping, shutdown);
     ship(
         node,
         store,
@@ -130,9 +168,28 @@ async fn handle(
         reader,
         writer,
         head_rx,
-        shutdown,
+        stop,
     )
     .await
+}
+
+/// A stop signal for one shipping session: set when the agent shuts down or
+/// this member stops shipping (it is no longer the active).
+fn stop_when_not_shipping(
+    mut shipping: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shipping.wait_for(|on| !*on) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+            // The session ended first and dropped its receiver.
+            _ = tx.closed() => return,
+        }
+        let _ = tx.send(true);
+    });
+    rx
 }
 
 /// Tell the peer why it is refused, log it, and end the connection.

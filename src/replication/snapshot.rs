@@ -362,6 +362,7 @@ mod tests {
             started: Instant::now(),
             backend: "sqlite",
             snapshot: None,
+            controller: None,
         })
     }
 

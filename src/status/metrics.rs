@@ -615,6 +615,7 @@ mod tests {
             started: Instant::now(),
             backend: "sqlite",
             snapshot: None,
+            controller: None,
         })
         .status(Instant::now())
     }

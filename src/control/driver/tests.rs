@@ -98,6 +98,7 @@ fn describe(msg: &Message) -> String {
             ..
         } => format!("VoteReply e{epoch} granted={granted} pre={pre}"),
         Message::Handover { epoch } => format!("Handover e{epoch}"),
+        Message::SetPaused { paused } => format!("SetPaused {paused}"),
     }
 }
 

@@ -324,13 +324,21 @@ fn decode_change(r: &Row, base: usize) -> StoreResult<Change> {
     Ok(Change { pos, op })
 }
 
+/// Whether staged rows are this member's own changes: it is the active, or
+/// the active of its epoch that fenced itself (lease lost, switchover,
+/// graceful stop). Rows that committed before such a fence passed the fence
+/// trigger while the lease held, so they belong in the log (a switchover
+/// waits for exactly them). On a member following another active they
+/// cannot be its own epoch's changes: they go to the quarantine.
+const OWN_LOG: &str = "(role = 'active' OR (role = 'fenced' AND active = member))";
+
 /// The sequencer's one round trip (see [`MemberStore::sequence`]): lock the
 /// state row, then move every committed staged row into the change log.
 fn sequence_sql() -> String {
     format!(
         "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
-             WITH st AS (SELECT role FROM us_state WHERE id = 1), \
-             moved AS (DELETE FROM us_capture WHERE (SELECT role FROM st) <> 'active' \
+             WITH st AS (SELECT role, {OWN_LOG} AS own FROM us_state WHERE id = 1), \
+             moved AS (DELETE FROM us_capture WHERE NOT (SELECT own FROM st) \
                        RETURNING id, epoch, entity, op, key, {IMAGE_COLS}) \
              INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
              SELECT m.epoch, 0, m.entity, m.op, m.key, {IMAGE_COLS}, \
@@ -342,7 +350,7 @@ fn sequence_sql() -> String {
                                                         ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
                  FROM us_state s WHERE s.id = 1), \
              moved AS (DELETE FROM us_capture \
-                       WHERE (SELECT role FROM us_state WHERE id = 1) = 'active' \
+                       WHERE (SELECT {OWN_LOG} FROM us_state WHERE id = 1) \
                        RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
              ins AS ( \
                  INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \

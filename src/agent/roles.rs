@@ -1,0 +1,279 @@
+//! What a role change does to this member's tasks: the promotion
+//! controller's [`RoleSink`] and the member database as its
+//! [`ControlStore`].
+//!
+//! Owns: starting and stopping the head watcher and the shipping gate (the
+//! active's side) and the applier (a passive's side), keeping the live view
+//! and the node's epoch in step with the controller's decisions, job
+//! takeover and hooks, and the ordering rule that the applier has stopped
+//! before this member records itself as a new epoch's active.
+//! Must never: decide a role (the controller does), or let an apply
+//! transaction from the old active run while this member becomes the active.
+
+use crate::control::Hook;
+use crate::control::driver::{ControlStore, ControlStoreError, RoleSink};
+use crate::control::{Notice, PersistedState};
+use crate::model::{Epoch, MemberId, Position, Role};
+use crate::replication::{NodeCtx, applier, head};
+use crate::store::{AnyStore, EpochRecord, MemberStore, Vote};
+use crate::transport::TlsContext;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+/// How long a stopped task gets to finish its batch before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A task with its own stop signal (which the agent's shutdown also sets).
+struct Stoppable {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+impl Stoppable {
+    fn spawn<F, Fut>(shutdown: &watch::Receiver<bool>, f: F) -> Stoppable
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, rx) = watch::channel(*shutdown.borrow());
+        let relay = stop.clone();
+        let mut global = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait_for(|s| *s) => { let _ = relay.send(true); }
+                _ = relay.closed() => {}
+            }
+        });
+        Stoppable {
+            stop,
+            handle: tokio::spawn(f(rx)),
+        }
+    }
+
+    fn running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut handle = self.handle;
+        if tokio::time::timeout(STOP_GRACE, &mut handle).await.is_err() {
+            tracing::warn!("a replication task did not stop in time; aborting it");
+            handle.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tasks {
+    head: Option<Stoppable>,
+    follow: Option<(MemberId, Stoppable)>,
+}
+
+/// The member's role-dependent tasks.
+pub struct RoleRuntime {
+    node: Arc<NodeCtx>,
+    tls: Arc<TlsContext>,
+    /// `None` on a witness.
+    store: Option<Arc<AnyStore>>,
+    head_tx: watch::Sender<Position>,
+    shutdown: watch::Receiver<bool>,
+    tasks: Mutex<Tasks>,
+}
+
+impl RoleRuntime {
+    pub fn new(
+        node: Arc<NodeCtx>,
+        tls: Arc<TlsContext>,
+        store: Option<Arc<AnyStore>>,
+        head_tx: watch::Sender<Position>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<RoleRuntime> {
+        Arc::new(RoleRuntime {
+            node,
+            tls,
+            store,
+            head_tx,
+            shutdown,
+            tasks: Mutex::new(Tasks::default()),
+        })
+    }
+
+    async fn take_over_jobs(&self, from: Option<&MemberId>) {
+        tracing::info!(from = ?from, "job takeover due");
+    }
+
+    async fn run_hook(&self, hook: Hook) {
+        tracing::info!(hook = ?hook, "hook due");
+    }
+
+    /// Follow `active` (restarting the applier if it followed another).
+    pub async fn follow(&self, epoch: Epoch, active: &MemberId) {
+        self.node.set_epoch(epoch);
+        self.node.live.update(|s| {
+            s.epoch = epoch;
+            s.active = Some(active.clone());
+        });
+        let Some(store) = &self.store else {
+            // A witness holds no data: the controller's heartbeats are all
+            // it needs.
+            return;
+        };
+        if *active == self.node.member {
+            return;
+        }
+        let mut t = self.tasks.lock().await;
+        if let Some((current, task)) = &t.follow
+            && current == active
+            && task.running()
+        {
+            return;
+        }
+        if let Some((_, old)) = t.follow.take() {
+            old.stop().await;
+        }
+        let (node, tls, store) = (self.node.clone(), self.tls.clone(), store.clone());
+        let task = Stoppable::spawn(&self.shutdown, move |stop| {
+            applier::follow(node, tls, Some(store), stop)
+        });
+        t.follow = Some((active.clone(), task));
+    }
+
+    /// Stop applying from any active (before this member becomes one).
+    pub async fn stop_following(&self) {
+        let task = self.tasks.lock().await.follow.take();
+        if let Some((active, task)) = task {
+            task.stop().await;
+            tracing::info!(former_active = %active, "stopped following");
+        }
+    }
+
+    async fn start_shipping(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        self.stop_following().await;
+        let mut t = self.tasks.lock().await;
+        if t.head.as_ref().is_none_or(|h| !h.running()) {
+            let (store, live, head_tx) =
+                (store.clone(), self.node.live.clone(), self.head_tx.clone());
+            t.head = Some(Stoppable::spawn(&self.shutdown, move |stop| {
+                head::watch_head(store, live, head_tx, stop)
+            }));
+        }
+        drop(t);
+        self.node.shipping.send_replace(true);
+        tracing::info!("shipping the change log to passives");
+    }
+
+    async fn stop_shipping(&self) {
+        self.node.shipping.send_replace(false);
+        let head = self.tasks.lock().await.head.take();
+        if let Some(h) = head {
+            h.stop().await;
+        }
+        tracing::info!("stopped shipping the change log");
+    }
+
+    /// Stop every role task (the agent is shutting down).
+    pub async fn stop_all(&self) {
+        self.node.shipping.send_replace(false);
+        let mut t = self.tasks.lock().await;
+        if let Some(h) = t.head.take() {
+            h.stop().await;
+        }
+        if let Some((_, f)) = t.follow.take() {
+            f.stop().await;
+        }
+    }
+}
+
+/// [`RoleSink`] over the shared runtime.
+#[derive(Clone)]
+pub struct Sink(pub Arc<RoleRuntime>);
+
+impl RoleSink for Sink {
+    async fn start_shipping(&self) {
+        self.0.start_shipping().await
+    }
+    async fn stop_shipping(&self) {
+        self.0.stop_shipping().await
+    }
+    async fn follow(&self, epoch: Epoch, active: &MemberId) {
+        self.0.follow(epoch, active).await
+    }
+    async fn take_over_jobs(&self, from: Option<&MemberId>) {
+        self.0.take_over_jobs(from).await
+    }
+    async fn run_hook(&self, hook: Hook) {
+        self.0.run_hook(hook).await
+    }
+    async fn notify(&self, notice: &Notice) {
+        tracing::info!(notice = ?notice, "controller notice");
+    }
+}
+
+/// The member database as the controller's durable store, with the
+/// ordering rules the runtime needs around it.
+#[derive(Clone)]
+pub struct MemberControl {
+    pub store: Arc<AnyStore>,
+    pub roles: Arc<RoleRuntime>,
+}
+
+impl ControlStore for MemberControl {
+    async fn persist_vote(&self, vote: &Vote) -> Result<(), ControlStoreError> {
+        if vote.candidate == self.roles.node.member {
+            self.roles.node.metrics.elections.inc();
+        }
+        ControlStore::persist_vote(&self.store, vote).await
+    }
+    async fn persist_epoch(&self, rec: &EpochRecord) -> Result<(), ControlStoreError> {
+        let mut rec = rec.clone();
+        if rec.active == self.roles.node.member {
+            // This member becomes the active: nothing from the old one may
+            // be applied from here on, and the epoch starts where this
+            // database really is (the applier may have gone past the
+            // position the controller last heard of).
+            self.roles.stop_following().await;
+            let actual = MemberStore::state(self.store.as_ref()).await?.position;
+            rec.start = rec.start.max(actual);
+            self.roles.node.metrics.promotions.inc();
+        }
+        ControlStore::persist_epoch(&self.store, &rec).await
+    }
+    async fn persist_paused(&self, paused: bool) -> Result<(), ControlStoreError> {
+        ControlStore::persist_paused(&self.store, paused).await
+    }
+    async fn set_role(
+        &self,
+        role: Role,
+        epoch: Epoch,
+        active: Option<&MemberId>,
+    ) -> Result<(), ControlStoreError> {
+        if role == Role::Active {
+            self.roles.stop_following().await;
+        }
+        ControlStore::set_role(&self.store, role, epoch, active).await?;
+        if role == Role::Fenced {
+            self.roles.node.metrics.fences.inc();
+        }
+        Ok(())
+    }
+    async fn renew_lease(&self, lease: Duration) -> Result<(), ControlStoreError> {
+        let r = ControlStore::renew_lease(&self.store, lease).await;
+        match &r {
+            Ok(()) => self.roles.node.live.database(Ok(())),
+            Err(e) => self.roles.node.live.database(Err(e.to_string())),
+        }
+        r
+    }
+    async fn head(&self) -> Result<Position, ControlStoreError> {
+        ControlStore::head(&self.store).await
+    }
+    async fn load(&self) -> Result<PersistedState, ControlStoreError> {
+        ControlStore::load(&self.store).await
+    }
+}
