@@ -64,6 +64,57 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Planned, zero-loss role change: the active fences, `--to` reaches
+    /// the exact head, then takes over. Asks the active (found from any
+    /// member's endpoint) and waits until the target answers as active.
+    Switchover {
+        /// The member that becomes the active.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        target: StatusTarget,
+        #[command(flatten)]
+        auth: TokenArg,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator-declared failover: make the member at --url (default: this
+    /// config's member) the active without a quorum. Changes the old active
+    /// had and this member lacks are at risk; use only when it is gone.
+    Promote {
+        /// Required: says you accept the risk.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: StatusTarget,
+        #[command(flatten)]
+        auth: TokenArg,
+        #[arg(long, default_value_t = 30)]
+        wait_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend automatic failover cluster-wide (persisted on every member).
+    Pause {
+        #[command(flatten)]
+        target: StatusTarget,
+        #[command(flatten)]
+        auth: TokenArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resume automatic failover cluster-wide.
+    Resume {
+        #[command(flatten)]
+        target: StatusTarget,
+        #[command(flatten)]
+        auth: TokenArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Development certificates.
     Certs {
         #[command(subcommand)]
@@ -107,6 +158,38 @@ struct StatusTarget {
     /// Time limit per request, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+}
+
+/// The bearer token for the POST endpoints.
+#[derive(clap::Args)]
+struct TokenArg {
+    /// Default: $UNDERSTUDY_TOKEN, else the --config file's status.token.
+    #[arg(long, env = "UNDERSTUDY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl TokenArg {
+    fn resolve(&self, target: &StatusTarget) -> Result<String> {
+        if let Some(t) = self.token.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(t.clone());
+        }
+        match &target.config {
+            Some(c) => Ok(load(c)?.status.token),
+            None => bail!(
+                "no token for the POST endpoints: pass --config FILE (its status.token), --token or UNDERSTUDY_TOKEN"
+            ),
+        }
+    }
+}
+
+/// Print an operator action's outcome.
+fn report(r: understudy::status::cli_control::ControlReport, json: bool) -> Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.json)?);
+    } else {
+        println!("{}", r.line);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 impl StatusTarget {
@@ -207,6 +290,11 @@ async fn open_store(cfg: &Config) -> Result<AnyStore> {
 }
 
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    let cmd_name = match &cmd {
+        Cmd::Pause { .. } => "pause",
+        Cmd::Resume { .. } => "resume",
+        _ => "",
+    };
     match cmd {
         Cmd::Init { config } => {
             let cfg = load(&config)?;
@@ -365,6 +453,64 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 print!("{}", understudy::status::cli_status::table(&view));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Switchover {
+            to,
+            target,
+            auth,
+            wait_secs,
+            json,
+        } => {
+            understudy::config::check_member_id(&to)
+                .map_err(|r| anyhow::anyhow!("--to {to:?}: {r}"))?;
+            let token = auth.resolve(&target)?;
+            let ep = target.endpoint()?;
+            let r = understudy::status::cli_control::switchover(
+                &ep,
+                &token,
+                &to,
+                std::time::Duration::from_secs(wait_secs.max(1)),
+            )
+            .await
+            .with_context(|| format!("switchover to {to} did not happen"))?;
+            report(r, json)
+        }
+        Cmd::Promote {
+            force,
+            target,
+            auth,
+            wait_secs,
+            json,
+        } => {
+            if !force {
+                bail!(
+                    "promote needs --force (it skips the quorum); for a planned role change run `understudy switchover --to <member>`"
+                );
+            }
+            let token = auth.resolve(&target)?;
+            let ep = target.endpoint()?;
+            let r = understudy::status::cli_control::promote_force(
+                &ep,
+                &token,
+                std::time::Duration::from_secs(wait_secs.max(1)),
+            )
+            .await
+            .with_context(|| format!("{} was not promoted", ep.url()))?;
+            report(r, json)
+        }
+        Cmd::Pause { target, auth, json } | Cmd::Resume { target, auth, json } => {
+            let paused = matches!(cmd_name, "pause");
+            let token = auth.resolve(&target)?;
+            let ep = target.endpoint()?;
+            let r = understudy::status::cli_control::set_paused(
+                &ep,
+                &token,
+                paused,
+                std::time::Duration::from_secs(5),
+            )
+            .await
+            .with_context(|| format!("cannot {cmd_name} automatic failover via {}", ep.url()))?;
+            report(r, json)
         }
         Cmd::History { target, json } => {
             let ep = target.endpoint()?;

@@ -242,6 +242,13 @@ async fn session(
                         break Err(ReplicationError::Refused { member: active.clone(), reason });
                     }
                     ServerMsg::Welcome(_) => break Err(ReplicationError::Peer("a second welcome".into())),
+                    ServerMsg::History(h) => {
+                        if let Some(s) = store
+                            && let Err(e) = merge_history(s, &h).await
+                        {
+                            tracing::warn!(error = %e, "could not record the active's epoch history");
+                        }
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -263,4 +270,26 @@ async fn session(
     };
     read_task.abort();
     result
+}
+
+/// Record the epochs of the active's history this member does not hold yet
+/// (or holds differently: the active's word is the cluster's).
+async fn merge_history(
+    store: &AnyStore,
+    h: &[crate::wire::EpochEntry],
+) -> Result<(), crate::store::StoreError> {
+    let mine = store.epoch_history().await?;
+    for e in h {
+        let rec = crate::store::EpochRecord {
+            epoch: e.epoch,
+            active: e.active.clone(),
+            start: e.start,
+            at_ms: e.at_ms,
+            reason: e.reason.clone(),
+        };
+        if !mine.contains(&rec) {
+            store.record_epoch(&rec).await?;
+        }
+    }
+    Ok(())
 }

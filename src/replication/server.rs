@@ -12,8 +12,9 @@ use crate::model::{MemberId, Position, Role};
 use crate::replication::shipper::{Start, Subscriber, check_start, ship};
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::AnyStore;
+use crate::store::MemberStore;
 use crate::transport::TlsContext;
-use crate::wire::{ClientMsg, Hello, PROTOCOL_VERSION, ServerMsg};
+use crate::wire::{ClientMsg, EpochEntry, HISTORY_MAX, Hello, PROTOCOL_VERSION, ServerMsg};
 use crate::wire::{FrameReader, FrameWriter};
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +155,23 @@ async fn handle(
         want_snapshot: false,
     };
     writer.send(&ServerMsg::Welcome(me)).await?;
+    let history = store.epoch_history().await?;
+    let skip = history.len().saturating_sub(HISTORY_MAX);
+    writer
+        .send(&ServerMsg::History(
+            history
+                .into_iter()
+                .skip(skip)
+                .map(|r| EpochEntry {
+                    epoch: r.epoch,
+                    active: r.active,
+                    start: r.start,
+                    at_ms: r.at_ms,
+                    reason: r.reason,
+                })
+                .collect(),
+        ))
+        .await?;
     tracing::info!(peer = %peer, from = %hello.position, role = %hello.role, "streaming to peer");
     let stop = stop_when_not_shipping(shipping, shutdown);
     ship(

@@ -309,7 +309,9 @@ async fn receive<R: AsyncRead + Unpin>(
                     reason,
                 });
             }
-            Some(ServerMsg::Welcome(_)) | Some(ServerMsg::Heartbeat(_)) => {}
+            Some(ServerMsg::Welcome(_))
+            | Some(ServerMsg::Heartbeat(_))
+            | Some(ServerMsg::History(_)) => {}
             Some(ServerMsg::SnapshotBegin(b)) => {
                 let i = Installer::begin(store, active, &b).await?;
                 on_progress(i.progress());

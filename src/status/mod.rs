@@ -12,6 +12,7 @@
 //! under a time limit), or show key content or the token.
 
 pub mod auth;
+pub mod cli_control;
 pub mod cli_status;
 pub mod client;
 pub mod control;

@@ -106,7 +106,25 @@ pub enum ServerMsg {
     ChecksumMark {
         position: Position,
     },
+    /// The active's epoch history (sent once, after the welcome): every
+    /// member keeps the whole history, so whoever becomes active next can
+    /// show it and judge a returning member's divergence.
+    History(Vec<EpochEntry>),
 }
+
+/// One epoch of history on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochEntry {
+    pub epoch: Epoch,
+    pub active: MemberId,
+    /// The last position of the previous epoch the new active held.
+    pub start: Position,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+/// At most this many epochs travel in one `History` (the newest).
+pub const HISTORY_MAX: usize = 1000;
 
 /// The start of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

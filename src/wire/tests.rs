@@ -181,6 +181,29 @@ fn arb_server() -> impl Strategy<Value = ServerMsg> {
             .prop_map(|rows| ServerMsg::SnapshotChunk { rows }),
         any::<u64>().prop_map(|rows| ServerMsg::SnapshotEnd { rows }),
         arb_position().prop_map(|position| ServerMsg::ChecksumMark { position }),
+        proptest::collection::vec(
+            (
+                any::<u64>(),
+                arb_member(),
+                arb_position(),
+                any::<i64>(),
+                arb_text()
+            ),
+            0..4
+        )
+        .prop_map(|v| ServerMsg::History(
+            v.into_iter()
+                .map(
+                    |(e, active, start, at_ms, reason)| crate::wire::EpochEntry {
+                        epoch: Epoch(e),
+                        active,
+                        start,
+                        at_ms,
+                        reason,
+                    }
+                )
+                .collect()
+        )),
     ]
 }
 
