@@ -152,6 +152,10 @@ pub struct Hooks {
     pub on_demote: Option<String>,
     pub on_fence: Option<String>,
     pub timeout: Duration,
+    /// `hooks.on_promote_blocks`: false (default), a failing or hanging
+    /// `on_promote` is reported but the promotion stands; true, the member
+    /// fences itself again and steps down when its `on_promote` fails.
+    pub on_promote_blocks: bool,
 }
 
 /// The validated config of one member.
@@ -302,6 +306,7 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("hooks", "on_demote", Kind::Str),
     ("hooks", "on_fence", Kind::Str),
     ("hooks", "timeout_ms", Kind::Int),
+    ("hooks", "on_promote_blocks", Kind::Bool),
 ];
 
 #[derive(Clone, Copy)]
@@ -501,6 +506,8 @@ struct RawHooks {
     on_demote: Option<String>,
     on_fence: Option<String>,
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    on_promote_blocks: bool,
 }
 
 /// Member ids become certificate names and file names: keep them plain.
@@ -705,11 +712,30 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         cert: path("tls.cert", &raw.tls.cert)?,
         key: path("tls.key", &raw.tls.key)?,
     };
+    for (key, cmd) in [
+        ("hooks.on_promote", &raw.hooks.on_promote),
+        ("hooks.on_demote", &raw.hooks.on_demote),
+        ("hooks.on_fence", &raw.hooks.on_fence),
+    ] {
+        if cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(e(
+                key,
+                "must not be empty: remove the key to run no hook".into(),
+            ));
+        }
+    }
+    if raw.hooks.timeout_ms == Some(0) {
+        return Err(e(
+            "hooks.timeout_ms",
+            "must be above 0 (a hook is killed when it runs longer)".into(),
+        ));
+    }
     let hooks = Hooks {
         on_promote: raw.hooks.on_promote.clone(),
         on_demote: raw.hooks.on_demote.clone(),
         on_fence: raw.hooks.on_fence.clone(),
         timeout: Duration::from_millis(raw.hooks.timeout_ms.unwrap_or(30_000)),
+        on_promote_blocks: raw.hooks.on_promote_blocks,
     };
 
     Ok(Config {
@@ -880,6 +906,36 @@ on_promote = "/usr/local/bin/start-scheduler"
         let c = parse(&w, &[]).unwrap();
         assert!(c.witness);
         assert!(c.database.is_none());
+    }
+
+    #[test]
+    fn hooks_section() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(
+            c.hooks.on_promote.as_deref(),
+            Some("/usr/local/bin/start-scheduler")
+        );
+        assert_eq!(c.hooks.timeout, Duration::from_millis(30_000));
+        assert!(!c.hooks.on_promote_blocks, "default: promotion stands");
+        let blocks = GOOD.replace(
+            "[hooks]\n",
+            "[hooks]\non_promote_blocks = true\ntimeout_ms = 1500\n",
+        );
+        let c = parse(&blocks, &[]).unwrap();
+        assert!(c.hooks.on_promote_blocks);
+        assert_eq!(c.hooks.timeout, Duration::from_millis(1500));
+        let c = parse(GOOD, &[("UNDERSTUDY_HOOKS_ON_PROMOTE_BLOCKS", "true")]).unwrap();
+        assert!(c.hooks.on_promote_blocks);
+        let err = parse(GOOD, &[("UNDERSTUDY_HOOKS_ON_PROMOTE_BLOCKS", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hooks.on_promote_blocks"), "{err}");
+        let empty = GOOD.replace("\"/usr/local/bin/start-scheduler\"", "\" \"");
+        let err = parse(&empty, &[]).unwrap_err().to_string();
+        assert!(err.contains("hooks.on_promote"), "{err}");
+        let zero = GOOD.replace("[hooks]\n", "[hooks]\ntimeout_ms = 0\n");
+        let err = parse(&zero, &[]).unwrap_err().to_string();
+        assert!(err.contains("hooks.timeout_ms"), "{err}");
     }
 
     #[test]

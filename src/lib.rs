@@ -7,6 +7,8 @@ pub mod capture;
 pub mod certs;
 pub mod config;
 pub mod control;
+pub mod divergence;
+pub mod hooks;
 pub mod localcluster;
 pub mod model;
 pub mod progress;

@@ -140,6 +140,58 @@ enum Cmd {
     },
     /// Replication throughput and lag benchmarks.
     Bench(understudy::bench::BenchArgs),
+    /// Changes quarantined as divergent (a former active's tail, late
+    /// writes past the fence): list, export for recovery, mark resolved.
+    Divergence {
+        #[command(subcommand)]
+        cmd: DivergenceCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DivergenceCmd {
+    /// Table of quarantined changes (key content never shown).
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        /// Also resolved ones.
+        #[arg(long)]
+        include_resolved: bool,
+        /// One JSON document instead of the table (key content redacted).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Full row images for recovery as JSON. With --out: a new file (mode
+    /// 0600, never overwritten) including key content as base64; without:
+    /// stdout, key content only with --include-secrets.
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print key content on stdout (without --out).
+        #[arg(long)]
+        include_secrets: bool,
+        /// Also resolved ones.
+        #[arg(long)]
+        include_resolved: bool,
+        /// With --out: print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark quarantined changes as dealt with.
+    Resolve {
+        #[arg(long)]
+        config: PathBuf,
+        /// A quarantine id (repeatable).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<i64>,
+        /// Every unresolved change.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which status endpoint to ask.
@@ -442,6 +494,51 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(args) => understudy::bench::run(args).await,
+        Cmd::Divergence { cmd } => {
+            use understudy::divergence::Action;
+            let (config, action) = match cmd {
+                DivergenceCmd::List {
+                    config,
+                    include_resolved,
+                    json,
+                } => (
+                    config,
+                    Action::List {
+                        include_resolved,
+                        json,
+                    },
+                ),
+                DivergenceCmd::Export {
+                    config,
+                    out,
+                    include_secrets,
+                    include_resolved,
+                    json,
+                } => (
+                    config,
+                    Action::Export {
+                        out,
+                        include_secrets,
+                        include_resolved,
+                        json,
+                    },
+                ),
+                DivergenceCmd::Resolve {
+                    config,
+                    ids,
+                    all,
+                    json,
+                } => (config, Action::Resolve { ids, all, json }),
+            };
+            let cfg = load(&config)?;
+            let store = open_store(&cfg).await?;
+            store.check_schema().await?;
+            print!(
+                "{}",
+                understudy::divergence::run(&cfg, &store, action).await?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { target, json } => {
             let ep = target.endpoint()?;
             let view = understudy::status::cli_status::gather(&ep, target.timeout())

@@ -895,6 +895,49 @@ async fn sqlite_and_postgres_replay_each_other_with_equal_checksums() {
     );
 }
 
+/// A write that passed the fence before a role change and committed after
+/// it is quarantined by the sequencer with seq 0 (it never had a place in
+/// the log); it lists with its image (key content intact), counts and
+/// resolves like a quarantined tail.
+#[tokio::test]
+async fn late_staged_rows_list_as_divergent() {
+    use understudy::model::{Epoch, Role};
+    let (db, s) = fresh("late_div", "a").await;
+    let app = app_client(&db.url).await.expect("app connection");
+    app.batch_execute(
+        "BEGIN; INSERT INTO keys(path, kind, content) VALUES ('k/late', 'password', '\\x0102ff'::bytea)",
+    )
+    .await
+    .expect("write before the fence");
+    s.set_role(Role::Fenced, Epoch(2), Some(&MemberId::new("b")))
+        .await
+        .expect("fence");
+    app.batch_execute("COMMIT")
+        .await
+        .expect("commit after the fence");
+    s.sequence().await.expect("sequence");
+    assert_eq!(
+        s.state().await.expect("state").position,
+        Position::ZERO,
+        "a late row takes no seq"
+    );
+    let q = s.divergence_list(false).await.expect("list");
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].change.pos, Position::new(1, 0));
+    match &q[0].change.op {
+        ChangeOp::Upsert(RowImage::Key(k)) => {
+            assert_eq!(k.path, "k/late");
+            assert_eq!(k.content.expose(), &[1u8, 2, 255][..]);
+        }
+        other => panic!("expected the key upsert, got {other:?}"),
+    }
+    assert!(q[0].reason.contains("fenced"), "{}", q[0].reason);
+    assert_eq!(s.divergent_count().await.expect("count"), 1);
+    assert_eq!(s.resolve_divergence(None).await.expect("resolve"), 1);
+    assert_eq!(s.divergent_count().await.expect("count"), 0);
+    assert_eq!(s.divergence_list(true).await.expect("list").len(), 1);
+}
+
 /// The store conformance suite's snapshot cases on PostgreSQL: throw-away
 /// databases on the test server, the application speaking plain SQL over its
 /// own connection.

@@ -2,7 +2,8 @@
 //!
 //! Owns: the contract of [`MemberStore`] written down as executable cases
 //! (capture, whole transactions, apply without echo, fencing, lease, state
-//! durability, trimming, checksums, wake-ups, secrecy, snapshots). A backend's test
+//! durability, trimming, checksums, wake-ups, secrecy, snapshots, rejoin
+//! quarantine, job takeover, epoch-history merge). A backend's test
 //! module implements [`Backend`] for a throw-away database factory and calls
 //! each `pub async fn` case from its own `#[tokio::test]`, so a failure names
 //! the case.
@@ -1166,6 +1167,334 @@ pub async fn snapshot_install_abort_keeps_old_data<B: Backend>(b: &B) {
     );
 }
 
+// ---------------------------------------------------------------- rejoin
+
+/// A former active's tail past the kept position: refused while it is
+/// active; once fenced, copied whole into the quarantine (images intact, key
+/// content byte for byte), removed from the log, the position rewound; a
+/// repeat does nothing; the rewound member applies the new epoch's changes
+/// from there, and its own captures continue right after them.
+pub async fn quarantine_tail_rewinds_the_divergent_tail<B: Backend>(b: &B) {
+    let (db, a) = active(b).await;
+    seed(b, &db).await;
+    let kept = all_changes(&a).await[..3].to_vec();
+    let keep = kept[2].pos;
+    let secret: &[u8] = &[9, 0, 255, 7, b'q'];
+    let k = b.blob(secret);
+    exec(
+        b,
+        &db,
+        &format!("UPDATE keys SET content = {k}, updated_at = 3000 WHERE path = 'keys/db/pw'"),
+    )
+    .await;
+    exec(b, &db, "DELETE FROM jobs WHERE id = 'j2'").await;
+    let before = all_changes(&a).await;
+    let head = before[before.len() - 1].pos;
+    let tail: Vec<Change> = before[3..].to_vec();
+    assert_eq!(tail.len(), 5, "{before:#?}");
+
+    match a.quarantine_tail(keep, "rejoin").await {
+        Err(StoreError::WrongRole { role, .. }) => assert_eq!(role, Role::Active),
+        other => panic!("the active must refuse to rewind, got {other:?}"),
+    }
+    assert_eq!(all_changes(&a).await, before, "a refusal changes nothing");
+    assert_eq!(a.divergent_count().await.expect("count"), 0);
+
+    a.set_role(Role::Fenced, Epoch(2), Some(&m("b")))
+        .await
+        .expect("fence");
+    let t0 = now(&a).await;
+    let reason = "rejoin: epoch 2 started at 1/3";
+    let n = a.quarantine_tail(keep, reason).await.expect("quarantine");
+    assert_eq!(n, head.seq - keep.seq, "every change past the kept seq");
+    assert_eq!(all_changes(&a).await, kept, "the log ends at the kept seq");
+    assert_eq!(a.state().await.expect("state").position, keep);
+    let q = a.divergence_list(false).await.expect("list");
+    assert_eq!(
+        q.iter().map(|d| d.change.clone()).collect::<Vec<_>>(),
+        tail,
+        "quarantined with their positions and full images"
+    );
+    for d in &q {
+        assert_eq!(d.reason, reason);
+        assert!(!d.resolved);
+        assert!(
+            d.quarantined_at_ms >= t0 - 5_000 && d.quarantined_at_ms <= t0 + 60_000,
+            "{} vs {t0}",
+            d.quarantined_at_ms
+        );
+    }
+    let key_content = q.iter().find_map(|d| match &d.change.op {
+        ChangeOp::Upsert(RowImage::Key(k)) => Some(k.content.expose().to_vec()),
+        _ => None,
+    });
+    assert_eq!(key_content.as_deref(), Some(secret), "key content intact");
+    let shown = format!("{q:?}");
+    assert!(
+        !shown.contains("9, 0, 255, 7"),
+        "Debug must not show key bytes: {shown}"
+    );
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert_eq!(a.divergent_count().await.expect("count"), 5);
+    // The application rows are the caller's business: untouched here.
+    assert_eq!(count(b, &db, "jobs").await, 1);
+
+    assert_eq!(a.quarantine_tail(keep, reason).await.expect("repeat"), 0);
+    assert_eq!(a.divergent_count().await.expect("count"), 5);
+    assert_eq!(a.state().await.expect("state").position, keep);
+
+    // The new epoch's history applies right after the kept position.
+    let next = Change {
+        pos: Position::new(2, keep.seq + 1),
+        op: ChangeOp::Upsert(project("from-epoch-2", None, None, 4000)),
+    };
+    assert_eq!(
+        a.apply(std::slice::from_ref(&next), true)
+            .await
+            .expect("apply after rewind"),
+        next.pos
+    );
+    // Promoted later, its own captures continue after that, without a gap
+    // where the quarantined seqs were.
+    a.set_role(Role::Active, Epoch(3), Some(&m("a")))
+        .await
+        .expect("promote");
+    a.renew_lease(Duration::from_secs(60)).await.expect("lease");
+    exec(b, &db, "INSERT INTO projects(name) VALUES ('epoch-3')").await;
+    let got = read_after(&a, keep.seq).await.changes;
+    assert_eq!(
+        got.iter().map(|c| c.pos).collect::<Vec<_>>(),
+        vec![next.pos, Position::new(3, keep.seq + 2)]
+    );
+    let a = b.reopen(&db, a).await;
+    assert_eq!(a.divergence_list(false).await.expect("list").len(), 5);
+}
+
+/// A rewind that cannot be made from the log is refused with nothing
+/// changed: the tail is no longer whole in the log (trimmed), or the member's
+/// history differs at or below the kept position.
+pub async fn quarantine_tail_refuses_what_it_cannot_rewind<B: Backend>(b: &B) {
+    let (db, a) = active(b).await;
+    seed(b, &db).await;
+    let all = all_changes(&a).await;
+    let head = all[all.len() - 1].pos;
+    a.set_role(Role::Fenced, Epoch(2), Some(&m("b")))
+        .await
+        .expect("fence");
+
+    // Another epoch at the kept seq, or a later epoch at a lower seq.
+    for keep in [Position::new(7, 2), Position::new(7, head.seq)] {
+        match a.quarantine_tail(keep, "x").await {
+            Err(StoreError::ForkBelow { keep_upto, held }) => {
+                assert_eq!(keep_upto, keep);
+                assert_eq!(held.seq, keep.seq);
+                assert_eq!(held.epoch, 1);
+            }
+            other => panic!("a fork at or below {keep} must be refused, got {other:?}"),
+        }
+    }
+    match a.quarantine_tail(Position::new(0, head.seq - 1), "x").await {
+        Err(StoreError::ForkBelow { .. }) => {}
+        other => panic!("the entry at the kept seq is of epoch 1, got {other:?}"),
+    }
+    // A member merely behind the kept position has nothing to quarantine.
+    assert_eq!(
+        a.quarantine_tail(Position::new(1, head.seq + 10), "x")
+            .await
+            .expect("behind"),
+        0
+    );
+
+    // Trimmed: the changes right after the kept seq are gone from the log.
+    assert_eq!(a.trim_log(2).await.expect("trim"), 2);
+    match a.quarantine_tail(Position::new(1, 1), "x").await {
+        Err(StoreError::TailIncomplete {
+            keep_upto,
+            head: h,
+            oldest,
+        }) => {
+            assert_eq!(keep_upto, Position::new(1, 1));
+            assert_eq!(h, head);
+            assert_eq!(oldest, Some(3));
+        }
+        other => panic!("an incomplete tail must be refused, got {other:?}"),
+    }
+    assert_eq!(all_changes(&a).await, all[2..].to_vec(), "nothing changed");
+    assert_eq!(a.state().await.expect("state").position, head);
+    assert_eq!(a.divergent_count().await.expect("count"), 0);
+    // The part still in the log can be rewound.
+    assert_eq!(
+        a.quarantine_tail(all[2].pos, "x").await.expect("rewind"),
+        head.seq - 3
+    );
+}
+
+/// Listing, resolving by id and all at once, counting; resolved entries stay
+/// listable; the marks survive a restart.
+pub async fn divergence_list_resolve_and_count<B: Backend>(b: &B) {
+    let (db, a) = active(b).await;
+    seed(b, &db).await;
+    let all = all_changes(&a).await;
+    a.set_role(Role::Fenced, Epoch(2), Some(&m("b")))
+        .await
+        .expect("fence");
+    assert!(a.divergence_list(true).await.expect("list").is_empty());
+    assert_eq!(a.resolve_divergence(None).await.expect("resolve none"), 0);
+    assert_eq!(a.quarantine_tail(all[2].pos, "r").await.expect("q"), 3);
+    let q = a.divergence_list(false).await.expect("list");
+    assert_eq!(q.len(), 3);
+    let ids: Vec<i64> = q.iter().map(|d| d.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    assert_eq!(a.divergent_count().await.expect("count"), 3);
+
+    assert_eq!(a.resolve_divergence(Some(&ids[..1])).await.expect("r1"), 1);
+    assert_eq!(
+        a.resolve_divergence(Some(&ids[..1])).await.expect("again"),
+        0
+    );
+    assert_eq!(
+        a.resolve_divergence(Some(&[ids[2] + 1000]))
+            .await
+            .expect("unknown"),
+        0
+    );
+    assert_eq!(a.divergent_count().await.expect("count"), 2);
+    let open = a.divergence_list(false).await.expect("list");
+    assert_eq!(open.iter().map(|d| d.id).collect::<Vec<_>>(), ids[1..]);
+    let every = a.divergence_list(true).await.expect("list all");
+    assert_eq!(every.len(), 3);
+    assert!(every[0].resolved && !every[1].resolved && !every[2].resolved);
+    assert_eq!(every[0].change, q[0].change);
+
+    let a = b.reopen(&db, a).await;
+    assert_eq!(a.divergent_count().await.expect("count"), 2);
+    assert_eq!(a.resolve_divergence(None).await.expect("all"), 2);
+    assert_eq!(a.divergent_count().await.expect("count"), 0);
+    assert!(a.divergence_list(false).await.expect("list").is_empty());
+    assert_eq!(a.divergence_list(true).await.expect("list").len(), 3);
+}
+
+// ---------------------------------------------------------------- takeover
+
+/// Taking over jobs is an application write: only the given owner's jobs
+/// change, each captured as a job upsert with the new owner and a newer
+/// `updated_at`, so it replicates; a passive refuses it with the fence's
+/// message and captures nothing.
+pub async fn take_over_jobs_is_a_captured_write<B: Backend>(b: &B) {
+    let (db, a) = active(b).await;
+    seed(b, &db).await;
+    exec(b, &db, "INSERT INTO jobs(id, project, name, owner_member, updated_at) VALUES ('j3', 'p1', 'c-job', 'c', 5)").await;
+    exec(b, &db, "INSERT INTO jobs(id, project, name, owner_member, updated_at) VALUES ('j4', 'p2', 'a-job', 'a', 5)").await;
+    let before = all_changes(&a).await;
+    let head = before[before.len() - 1].pos;
+    let t0 = now(&a).await;
+
+    let n = a
+        .take_over_jobs(Some(&m("a")), &m("b"))
+        .await
+        .expect("take over");
+    assert_eq!(n, 2, "j1 and j4 belonged to a");
+    let new = read_after(&a, head.seq).await.changes;
+    assert_contiguous(&new, head.seq + 1);
+    let mut ids = Vec::new();
+    for c in &new {
+        match &c.op {
+            ChangeOp::Upsert(RowImage::Job(j)) => {
+                assert_eq!(j.owner_member.as_deref(), Some("b"));
+                assert!(j.updated_at >= t0 - 5_000, "updated_at bumped: {j:?}");
+                ids.push(j.id.clone());
+            }
+            other => panic!("a takeover captures job upserts only, got {other:?}"),
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["j1", "j4"]);
+    let owned = |o: &'static str| format!("SELECT COUNT(*) FROM jobs WHERE owner_member = '{o}'");
+    assert_eq!(b.app_query_i64(&db, &owned("c")).await.expect("q"), Some(1));
+    assert_eq!(b.app_query_i64(&db, &owned("b")).await.expect("q"), Some(2));
+    assert_eq!(
+        b.app_query_i64(&db, "SELECT COUNT(*) FROM jobs WHERE owner_member IS NULL")
+            .await
+            .expect("q"),
+        Some(1)
+    );
+    assert_eq!(
+        a.take_over_jobs(Some(&m("a")), &m("b"))
+            .await
+            .expect("again"),
+        0
+    );
+    assert_eq!(
+        a.take_over_jobs(Some(&m("b")), &m("b"))
+            .await
+            .expect("same"),
+        0
+    );
+    assert_eq!(a.take_over_jobs(None, &m("b")).await.expect("unowned"), 1);
+
+    // It replicates like any other change.
+    let src = all_changes(&a).await;
+    let (pdb, p) = passive(b).await;
+    p.apply(&src, true).await.expect("apply");
+    assert_eq!(
+        p.checksums().await.expect("checksums"),
+        a.checksums().await.expect("checksums")
+    );
+    // A passive refuses it with the fence's message.
+    let e = p
+        .take_over_jobs(Some(&m("b")), &m("c"))
+        .await
+        .expect_err("a passive must refuse a takeover");
+    let msg = e.to_string();
+    assert!(msg.contains("write refused"), "{msg}");
+    assert!(msg.contains("the active member is a"), "{msg}");
+    assert_eq!(
+        all_changes(&p).await,
+        src,
+        "nothing captured on the passive"
+    );
+    assert_eq!(
+        b.app_query_i64(&pdb, &owned("c")).await.expect("q"),
+        Some(1)
+    );
+}
+
+/// Merging epoch history adds only epochs not yet held (the existing record
+/// stays as it is), on a passive too, and a repeat adds nothing.
+pub async fn merge_epoch_history_is_idempotent<B: Backend>(b: &B) {
+    let (db, p) = passive(b).await;
+    let initial = p.epoch_history().await.expect("history");
+    assert_eq!(initial.len(), 1);
+    let rec = |e: u64, active: &str, start: Position, reason: &str| EpochRecord {
+        epoch: Epoch(e),
+        active: m(active),
+        start,
+        at_ms: 1_700_000_000_000 + e as i64,
+        reason: reason.into(),
+    };
+    let recs = vec![
+        rec(1, "z", Position::new(0, 9), "should not replace"),
+        rec(2, "b", Position::new(1, 5), "failover after a fell silent"),
+        rec(3, "c", Position::new(2, 9), "switchover from b"),
+    ];
+    assert_eq!(p.merge_epoch_history(&recs).await.expect("merge"), 2);
+    let h = p.epoch_history().await.expect("history");
+    assert_eq!(h.len(), 3);
+    assert_eq!(h[0], initial[0], "an epoch already held is left as it is");
+    assert_eq!(h[1..], recs[1..]);
+    assert_eq!(p.merge_epoch_history(&recs).await.expect("again"), 0);
+    assert_eq!(p.merge_epoch_history(&[]).await.expect("empty"), 0);
+    assert_eq!(
+        p.merge_epoch_history(&[rec(4, "a", Position::new(3, 12), "forced")])
+            .await
+            .expect("one more"),
+        1
+    );
+    let p = b.reopen(&db, p).await;
+    assert_eq!(p.epoch_history().await.expect("history").len(), 4);
+    assert_eq!(p.state().await.expect("state").role, Role::Passive);
+}
+
 /// Every case, in order (handy for a quick local run; the backends' test
 /// modules call the cases one by one so failures name them).
 pub async fn run_all<B: Backend>(b: &B) {
@@ -1192,6 +1521,11 @@ pub async fn run_all<B: Backend>(b: &B) {
     snapshot_installs_whole_and_continues(b).await;
     snapshot_is_consistent_under_writes(b).await;
     snapshot_install_abort_keeps_old_data(b).await;
+    quarantine_tail_rewinds_the_divergent_tail(b).await;
+    quarantine_tail_refuses_what_it_cannot_rewind(b).await;
+    divergence_list_resolve_and_count(b).await;
+    take_over_jobs_is_a_captured_write(b).await;
+    merge_epoch_history_is_idempotent(b).await;
 }
 
 /// Generates one `#[tokio::test]` per conformance case, each building its
@@ -1224,6 +1558,11 @@ macro_rules! store_conformance_tests {
             snapshot_installs_whole_and_continues,
             snapshot_is_consistent_under_writes,
             snapshot_install_abort_keeps_old_data,
+            quarantine_tail_rewinds_the_divergent_tail,
+            quarantine_tail_refuses_what_it_cannot_rewind,
+            divergence_list_resolve_and_count,
+            take_over_jobs_is_a_captured_write,
+            merge_epoch_history_is_idempotent,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -44,6 +44,29 @@ pub enum StoreError {
     /// Any other database error, already free of secrets.
     #[error("database error: {0}")]
     Backend(String),
+    /// The operation is not allowed in this member's current role.
+    #[error("refusing to {action}: this member is {role}")]
+    WrongRole { role: Role, action: String },
+    /// The change log no longer holds every change after `keep_upto` (older
+    /// entries were trimmed, or a snapshot replaced the log): the divergent
+    /// tail cannot be quarantined change by change. The caller falls back to
+    /// a snapshot of the active (the tail is then lost from this member).
+    #[error(
+        "the change log no longer holds every change after {keep_upto} (head {head}, oldest kept seq {}): install a snapshot from the active instead",
+        oldest.map_or_else(|| "none".to_string(), |s| s.to_string())
+    )]
+    TailIncomplete {
+        keep_upto: Position,
+        head: Position,
+        oldest: Option<u64>,
+    },
+    /// This member's history forks at or below the position to keep: it
+    /// holds `held` where the cluster's history has `keep_upto`. Quarantining
+    /// the part after `keep_upto` would not make it agree; it needs a snapshot.
+    #[error(
+        "this member holds {held} where the position to keep is {keep_upto}: its history forks at or below it; install a snapshot from the active instead"
+    )]
+    ForkBelow { keep_upto: Position, held: Position },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -113,6 +136,24 @@ pub struct TableChecksum {
     pub rows: u64,
     /// Hex digest.
     pub digest: String,
+}
+
+/// A change kept in the divergence quarantine (SQLite `us_quarantine`,
+/// PostgreSQL `us_divergence`): committed on this member but not part of the
+/// cluster's history. `Debug` shows no key content (`Secret` redacts itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DivergentChange {
+    /// The quarantine row's id (what `resolve_divergence` takes).
+    pub id: i64,
+    /// The change with the position it had in this member's log (seq 0 for
+    /// a late write the PostgreSQL sequencer never gave a seq) and its full
+    /// row image, key content included.
+    pub change: Change,
+    /// When it was quarantined, ms since the Unix epoch (database clock).
+    pub quarantined_at_ms: i64,
+    pub reason: String,
+    /// Marked as dealt with by an operator.
+    pub resolved: bool,
 }
 
 /// A read of committed changes.
@@ -199,6 +240,45 @@ pub trait MemberStore: Send + Sync {
     /// Commit the install together with the snapshot's position as the
     /// applied position and a change log that continues right after it.
     async fn install_snapshot_commit(&self) -> StoreResult<Position>;
+
+    /// Rewind this member's history to `keep_upto` (rejoin of a former
+    /// active): in one transaction, copy every change-log entry with
+    /// `seq > keep_upto.seq` into the divergence quarantine (full row images,
+    /// key content included, with their positions and `reason`), delete them
+    /// from the change log and set the position to `keep_upto`. Application
+    /// rows are not touched: the caller restores them (from the active).
+    /// An open apply transaction is rolled back first.
+    ///
+    /// Returns how many changes were quarantined; 0, changing nothing, when
+    /// the member holds nothing past `keep_upto` (a repeat is harmless).
+    /// Refused with [`StoreError::WrongRole`] on the active member; with
+    /// [`StoreError::TailIncomplete`] when the log no longer holds the whole
+    /// tail (trimmed, or emptied by a snapshot); with
+    /// [`StoreError::ForkBelow`] when the member's history differs at or
+    /// below `keep_upto`. In those two cases nothing changes and the caller
+    /// falls back to a snapshot.
+    async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64>;
+    /// Quarantined changes, oldest first; resolved ones only when asked.
+    async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>>;
+    /// Mark quarantined changes as resolved: those with the given ids, or
+    /// every unresolved one (`None`). Returns how many changed; ids that do
+    /// not exist or are resolved already are not counted.
+    async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64>;
+    /// How many quarantined changes are unresolved (shown in status).
+    async fn divergent_count(&self) -> StoreResult<u64>;
+    /// Give the jobs owned by `from` (`None`: jobs without an owner) to `to`,
+    /// bumping their `updated_at`. An ordinary application write: fenced
+    /// like any other (it succeeds only on an active with a valid lease, and
+    /// fails with the fence's message elsewhere), captured into the change
+    /// log and replicated. Returns how many jobs changed owner.
+    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64>;
+    /// Insert the epoch-history records whose epoch this member does not
+    /// hold yet; existing epochs are left as they are. Allowed in every role
+    /// (epoch history is agent state, not fenced). As with `record_epoch`,
+    /// SQLite rolls back an open apply transaction first (one writer
+    /// connection); PostgreSQL writes on its own connection. Returns how many
+    /// records were new.
+    async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64>;
 }
 
 /// A consistent, chunked read of the application tables (see
@@ -379,6 +459,24 @@ impl MemberStore for AnyStore {
     }
     async fn install_snapshot_commit(&self) -> StoreResult<Position> {
         delegate!(self, s => s.install_snapshot_commit().await)
+    }
+    async fn quarantine_tail(&self, keep: Position, reason: &str) -> StoreResult<u64> {
+        delegate!(self, s => s.quarantine_tail(keep, reason).await)
+    }
+    async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>> {
+        delegate!(self, s => s.divergence_list(include_resolved).await)
+    }
+    async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64> {
+        delegate!(self, s => s.resolve_divergence(ids).await)
+    }
+    async fn divergent_count(&self) -> StoreResult<u64> {
+        delegate!(self, s => s.divergent_count().await)
+    }
+    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
+        delegate!(self, s => s.take_over_jobs(from, to).await)
+    }
+    async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {
+        delegate!(self, s => s.merge_epoch_history(recs).await)
     }
 }
 

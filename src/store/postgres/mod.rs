@@ -14,6 +14,7 @@
 //! connection. Each reconnects on the next call after the server went away.
 
 mod conn;
+mod divergence;
 pub mod schema;
 mod snapshot;
 
@@ -824,6 +825,30 @@ impl MemberStore for PgStore {
 
     async fn install_snapshot_commit(&self) -> StoreResult<Position> {
         self.install_commit().await
+    }
+
+    async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64> {
+        self.quarantine_tail_pg(keep_upto, reason).await
+    }
+
+    async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>> {
+        self.divergence_list_pg(include_resolved).await
+    }
+
+    async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64> {
+        self.resolve_divergence_pg(ids).await
+    }
+
+    async fn divergent_count(&self) -> StoreResult<u64> {
+        self.divergent_count_pg().await
+    }
+
+    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
+        self.take_over_jobs_pg(from, to).await
+    }
+
+    async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {
+        self.merge_epoch_history_pg(recs).await
     }
 }
 

@@ -12,6 +12,7 @@
 //! `schemas/sqlite/` and [`schema`]), so they hold for every writer, not only
 //! for this process.
 
+mod divergence;
 mod rows;
 mod schema;
 mod snapshot;
@@ -24,8 +25,8 @@ mod tests;
 
 use super::checksum::TableHasher;
 use super::{
-    ChangeRead, EpochRecord, InitParams, InitReport, MemberStore, ReplicationState, StoreError,
-    StoreResult, TableChecksum, Vote,
+    ChangeRead, DivergentChange, EpochRecord, InitParams, InitReport, MemberStore,
+    ReplicationState, StoreError, StoreResult, TableChecksum, Vote,
 };
 use crate::model::{Change, Entity, Epoch, MemberId, Position, Role};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -774,5 +775,38 @@ impl MemberStore for SqliteStore {
 
     async fn install_snapshot_commit(&self) -> StoreResult<Position> {
         self.with_writer(|w, _| snapshot::install_commit(w)).await
+    }
+
+    async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64> {
+        let reason = reason.to_string();
+        self.with_writer(move |w, url| divergence::quarantine_tail(w, url, keep_upto, &reason))
+            .await
+    }
+
+    async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>> {
+        self.with_reader(move |c, url| divergence::list(c, url, include_resolved))
+            .await
+    }
+
+    async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64> {
+        let ids = ids.map(<[i64]>::to_vec);
+        self.with_writer(move |w, url| divergence::resolve(w, url, ids))
+            .await
+    }
+
+    async fn divergent_count(&self) -> StoreResult<u64> {
+        self.with_reader(divergence::count).await
+    }
+
+    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
+        let (from, to) = (from.cloned(), to.clone());
+        self.with_writer(move |w, url| divergence::take_over_jobs(w, url, from, to))
+            .await
+    }
+
+    async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {
+        let recs = recs.to_vec();
+        self.with_writer(move |w, url| divergence::merge_epochs(w, url, recs))
+            .await
     }
 }

@@ -1,0 +1,270 @@
+//! SQLite side of rejoin and takeover: rewinding a former active's divergent
+//! tail into the quarantine (`us_quarantine`), listing and resolving what it
+//! holds, taking over jobs, and merging epoch history from the active.
+//!
+//! Owns: the statements behind [`MemberStore::quarantine_tail`],
+//! `divergence_list`, `resolve_divergence`, `divergent_count`,
+//! `take_over_jobs` and `merge_epoch_history` for SQLite.
+//! Must never: touch application rows while rewinding (the caller restores
+//! them from the active), run the takeover past the fence (it is an
+//! ordinary application write, captured and replicated like any other), or
+//! put key content into an error.
+//!
+//! [`MemberStore::quarantine_tail`]: crate::store::MemberStore::quarantine_tail
+
+use super::{Writer, err, i64_of, logged_epoch, not_initialised_or, now_ms_sql, position, rows};
+use crate::model::{MemberId, Position, Role};
+use crate::store::{DivergentChange, EpochRecord, StoreError, StoreResult};
+use rusqlite::{Connection, params};
+
+/// The quarantine's columns as [`rows::change_from_row`] reads them (the
+/// change-log layout first), then its own.
+const QUARANTINE_COLUMNS: &str = "seq, epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, \
+     id, quarantined_at, reason, resolved";
+
+/// Run `f` in a write transaction of its own on the writer, after rolling
+/// back an open apply transaction (a rewind or a state change must never
+/// ride along with half-received changes).
+fn in_write_tx<T>(
+    w: &mut Writer,
+    url: &str,
+    what: &str,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    w.end_apply(what);
+    w.conn
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| not_initialised_or(e, url))?;
+    let out = f(&w.conn).and_then(|v| {
+        w.conn.execute_batch("COMMIT").map_err(err)?;
+        Ok(v)
+    });
+    if out.is_err() && !w.conn.is_autocommit() {
+        let _ = w.conn.execute_batch("ROLLBACK");
+    }
+    out
+}
+
+fn rusq(url: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| not_initialised_or(e, url)
+}
+
+/// See [`crate::store::MemberStore::quarantine_tail`].
+pub(super) fn quarantine_tail(
+    w: &mut Writer,
+    url: &str,
+    keep: Position,
+    reason: &str,
+) -> StoreResult<u64> {
+    let keep_seq = i64_of(keep.seq, "seq")?;
+    let keep_epoch = i64_of(keep.epoch, "epoch")?;
+    in_write_tx(w, url, "quarantine_tail", |c| {
+        let role: String = c
+            .query_row("SELECT role FROM us_state WHERE id = 1", [], |r| r.get(0))
+            .map_err(rusq(url))?;
+        if role == Role::Active.as_str() {
+            return Err(StoreError::WrongRole {
+                role: Role::Active,
+                action: "rewind the change log of the active member (fence it first)".into(),
+            });
+        }
+        let head = position(c)?;
+        if head.seq <= keep.seq {
+            // Nothing past the kept seq. At that very seq the member must
+            // hold `keep` itself; below it, a later epoch than `keep`'s is
+            // another history, not a tail (a member merely behind is fine).
+            if head.seq > 0 && ((head.seq == keep.seq && head != keep) || head > keep) {
+                return Err(StoreError::ForkBelow {
+                    keep_upto: keep,
+                    held: head,
+                });
+            }
+            return Ok(0);
+        }
+        let (first, last, n): (Option<i64>, Option<i64>, i64) = c
+            .query_row(
+                "SELECT MIN(seq), MAX(seq), COUNT(*) FROM us_changelog WHERE seq > ?1",
+                [keep_seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(err)?;
+        let want = i64_of(head.seq - keep.seq, "tail length")?;
+        let whole =
+            first == Some(keep_seq + 1) && last == i64_of(head.seq, "seq").ok() && n == want;
+        if !whole {
+            let oldest: Option<i64> = c
+                .query_row("SELECT MIN(seq) FROM us_changelog", [], |r| r.get(0))
+                .map_err(err)?;
+            return Err(StoreError::TailIncomplete {
+                keep_upto: keep,
+                head,
+                oldest: oldest.and_then(|s| u64::try_from(s).ok()),
+            });
+        }
+        if keep.seq > 0
+            && let Some(e) = logged_epoch(c, keep_seq)?
+            && e != keep.epoch
+        {
+            return Err(StoreError::ForkBelow {
+                keep_upto: keep,
+                held: Position::new(e, keep.seq),
+            });
+        }
+        let moved = c
+            .execute(
+                "INSERT INTO us_quarantine (epoch, seq, entity, op, key,
+                     c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, reason)
+                 SELECT epoch, seq, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, ?2
+                 FROM us_changelog WHERE seq > ?1 ORDER BY seq",
+                params![keep_seq, reason],
+            )
+            .map_err(err)?;
+        let deleted = c
+            .execute("DELETE FROM us_changelog WHERE seq > ?1", [keep_seq])
+            .map_err(err)?;
+        if moved != deleted {
+            return Err(StoreError::Backend(format!(
+                "quarantine copied {moved} changes but the change log lost {deleted}; rolled back"
+            )));
+        }
+        c.execute(
+            "UPDATE us_state SET pos_epoch = ?1, pos_seq = ?2 WHERE id = 1",
+            params![keep_epoch, keep_seq],
+        )
+        .map_err(err)?;
+        // AUTOINCREMENT remembers the largest seq ever used: without moving
+        // it back, a change captured after a later promotion would leave a
+        // gap where the quarantined seqs were.
+        c.execute(
+            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'us_changelog'",
+            [keep_seq],
+        )
+        .map_err(err)?;
+        Ok(moved as u64)
+    })
+}
+
+/// See [`crate::store::MemberStore::divergence_list`].
+pub(super) fn list(
+    c: &Connection,
+    url: &str,
+    include_resolved: bool,
+) -> StoreResult<Vec<DivergentChange>> {
+    let sql = format!(
+        "SELECT {QUARANTINE_COLUMNS} FROM us_quarantine {} ORDER BY id",
+        if include_resolved {
+            ""
+        } else {
+            "WHERE resolved = 0"
+        }
+    );
+    let mut st = c.prepare(&sql).map_err(rusq(url))?;
+    let mut it = st.query([]).map_err(err)?;
+    let mut out = Vec::new();
+    while let Some(row) = it.next().map_err(err)? {
+        let change = rows::change_from_row(row)?;
+        let get = |i: usize, what: &str| {
+            StoreError::Corrupt(format!("us_quarantine {what} of a row: {i}"))
+        };
+        out.push(DivergentChange {
+            id: row.get(15).map_err(|_| get(15, "id"))?,
+            change,
+            quarantined_at_ms: row.get(16).map_err(|_| get(16, "quarantined_at"))?,
+            reason: row.get(17).map_err(|_| get(17, "reason"))?,
+            resolved: row.get::<_, i64>(18).map_err(|_| get(18, "resolved"))? != 0,
+        });
+    }
+    Ok(out)
+}
+
+/// See [`crate::store::MemberStore::resolve_divergence`].
+pub(super) fn resolve(w: &mut Writer, url: &str, ids: Option<Vec<i64>>) -> StoreResult<u64> {
+    in_write_tx(w, url, "resolve_divergence", |c| match ids {
+        None => c
+            .execute(
+                "UPDATE us_quarantine SET resolved = 1 WHERE resolved = 0",
+                [],
+            )
+            .map(|n| n as u64)
+            .map_err(rusq(url)),
+        Some(ids) => {
+            let mut st = c
+                .prepare("UPDATE us_quarantine SET resolved = 1 WHERE id = ?1 AND resolved = 0")
+                .map_err(rusq(url))?;
+            let mut n = 0u64;
+            for id in ids {
+                n += st.execute([id]).map_err(err)? as u64;
+            }
+            Ok(n)
+        }
+    })
+}
+
+/// See [`crate::store::MemberStore::divergent_count`].
+pub(super) fn count(c: &Connection, url: &str) -> StoreResult<u64> {
+    let n: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM us_quarantine WHERE resolved = 0",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(rusq(url))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// See [`crate::store::MemberStore::take_over_jobs`]. The writer connection
+/// never sets `applying` outside its apply transaction, so the fence and the
+/// capture triggers treat this exactly as an application's write.
+pub(super) fn take_over_jobs(
+    w: &mut Writer,
+    url: &str,
+    from: Option<MemberId>,
+    to: MemberId,
+) -> StoreResult<u64> {
+    if from.as_ref() == Some(&to) {
+        return Ok(0);
+    }
+    in_write_tx(w, url, "take_over_jobs", |c| {
+        // `IS` compares NULL as a value: `IS NULL` for jobs without owner.
+        c.execute(
+            &format!(
+                "UPDATE jobs SET owner_member = ?1, updated_at = {} WHERE owner_member IS ?2",
+                now_ms_sql()
+            ),
+            params![to.as_str(), from.as_ref().map(MemberId::as_str)],
+        )
+        .map(|n| n as u64)
+        .map_err(rusq(url))
+    })
+}
+
+/// See [`crate::store::MemberStore::merge_epoch_history`].
+pub(super) fn merge_epochs(w: &mut Writer, url: &str, recs: Vec<EpochRecord>) -> StoreResult<u64> {
+    if recs.is_empty() {
+        return Ok(0);
+    }
+    let mut vals = Vec::with_capacity(recs.len());
+    for r in recs {
+        vals.push((
+            i64_of(r.epoch.0, "epoch")?,
+            r.active.0,
+            i64_of(r.start.epoch, "start epoch")?,
+            i64_of(r.start.seq, "start seq")?,
+            r.at_ms,
+            r.reason,
+        ));
+    }
+    in_write_tx(w, url, "merge_epoch_history", |c| {
+        let mut st = c
+            .prepare(
+                "INSERT INTO us_epoch_history (epoch, active, start_epoch, start_seq, at_ms, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (epoch) DO NOTHING",
+            )
+            .map_err(rusq(url))?;
+        let mut n = 0u64;
+        for (e, a, se, ss, at, reason) in &vals {
+            n += st.execute(params![e, a, se, ss, at, reason]).map_err(err)? as u64;
+        }
+        Ok(n)
+    })
+}
