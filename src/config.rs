@@ -158,6 +158,15 @@ pub struct Hooks {
     pub on_promote_blocks: bool,
 }
 
+/// `takeover_policy` (+ `takeover_members` for `static`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakeoverPolicy {
+    /// Take over the jobs of whichever member was active before.
+    Any,
+    /// Only the jobs of these members.
+    Static(Vec<MemberId>),
+}
+
 /// The validated config of one member.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -172,6 +181,9 @@ pub struct Config {
     pub no_failover: bool,
     /// Tie-breaker between equally up-to-date candidates (higher first).
     pub priority: i64,
+    /// Whose scheduled jobs this member takes over when it is promoted
+    /// (Rundeck's `autotakeover.policy`).
+    pub takeover: TakeoverPolicy,
     /// `None` only on a witness.
     pub database: Option<DatabaseUrl>,
     /// Where a witness keeps its vote, epoch and pause flag (it has no
@@ -207,6 +219,14 @@ impl Config {
         }
         v.sort();
         v
+    }
+
+    /// Whether a promotion here takes over the jobs owned by `former`.
+    pub fn takeover_allows(&self, former: &MemberId) -> bool {
+        match &self.takeover {
+            TakeoverPolicy::Any => true,
+            TakeoverPolicy::Static(list) => list.contains(former),
+        }
     }
 
     pub fn peer(&self, m: &MemberId) -> Option<&Peer> {
@@ -283,6 +303,7 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("", "no_failover", Kind::Bool),
     ("", "priority", Kind::Int),
     ("", "witness_state", Kind::Str),
+    ("", "takeover_policy", Kind::Str),
     ("database", "url", Kind::Str),
     ("replication", "listen", Kind::Str),
     ("replication", "heartbeat_interval_ms", Kind::Int),
@@ -390,6 +411,9 @@ struct RawConfig {
     #[serde(default)]
     priority: i64,
     witness_state: Option<String>,
+    takeover_policy: Option<String>,
+    #[serde(default)]
+    takeover_members: Vec<String>,
     database: Option<RawDatabase>,
     replication: RawReplication,
     status: RawStatus,
@@ -724,6 +748,39 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             ));
         }
     }
+    if raw.hooks.on_promote_blocks {
+        return Err(e(
+            "hooks.on_promote_blocks",
+            "true is not supported by this version: a failing or hanging on_promote is reported in /status and the log, and the promotion stands; remove the key or set it to false".into(),
+        ));
+    }
+    let takeover = match raw.takeover_policy.as_deref().unwrap_or("any") {
+        "any" => {
+            if !raw.takeover_members.is_empty() {
+                return Err(e(
+                    "takeover_members",
+                    "only used with takeover_policy = \"static\"".into(),
+                ));
+            }
+            TakeoverPolicy::Any
+        }
+        "static" => {
+            let mut list = Vec::new();
+            for m in &raw.takeover_members {
+                check_member_id(m).map_err(|r| e("takeover_members", r))?;
+                list.push(MemberId::new(m));
+            }
+            TakeoverPolicy::Static(list)
+        }
+        other => {
+            return Err(e(
+                "takeover_policy",
+                format!(
+                    "{other:?} is not a policy: use \"any\" (default) or \"static\" with takeover_members = [...]"
+                ),
+            ));
+        }
+    };
     if raw.hooks.timeout_ms == Some(0) {
         return Err(e(
             "hooks.timeout_ms",
@@ -747,6 +804,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         witness: raw.witness,
         no_failover: raw.no_failover,
         priority: raw.priority,
+        takeover,
         database,
         witness_state,
         replication,
@@ -921,11 +979,11 @@ on_promote = "/usr/local/bin/start-scheduler"
             "[hooks]\n",
             "[hooks]\non_promote_blocks = true\ntimeout_ms = 1500\n",
         );
-        let c = parse(&blocks, &[]).unwrap();
-        assert!(c.hooks.on_promote_blocks);
+        let err = parse(&blocks, &[]).unwrap_err().to_string();
+        assert!(err.contains("not supported"), "{err}");
+        let c = parse(&blocks.replace("= true", "= false"), &[]).unwrap();
+        assert!(!c.hooks.on_promote_blocks);
         assert_eq!(c.hooks.timeout, Duration::from_millis(1500));
-        let c = parse(GOOD, &[("UNDERSTUDY_HOOKS_ON_PROMOTE_BLOCKS", "true")]).unwrap();
-        assert!(c.hooks.on_promote_blocks);
         let err = parse(GOOD, &[("UNDERSTUDY_HOOKS_ON_PROMOTE_BLOCKS", "maybe")])
             .unwrap_err()
             .to_string();
@@ -936,6 +994,26 @@ on_promote = "/usr/local/bin/start-scheduler"
         let zero = GOOD.replace("[hooks]\n", "[hooks]\ntimeout_ms = 0\n");
         let err = parse(&zero, &[]).unwrap_err().to_string();
         assert!(err.contains("hooks.timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn takeover_policy() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(c.takeover, TakeoverPolicy::Any);
+        assert!(c.takeover_allows(&MemberId::new("zz")));
+        let st = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_policy = \"static\"\ntakeover_members = [\"b\"]\n",
+        );
+        let c = parse(&st, &[]).unwrap();
+        assert!(c.takeover_allows(&MemberId::new("b")));
+        assert!(!c.takeover_allows(&MemberId::new("c")));
+        let bad = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_policy = \"some\"\n",
+        );
+        let err = parse(&bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("takeover_policy"), "{err}");
     }
 
     #[test]

@@ -143,6 +143,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .unwrap_or("none"),
         snapshot: None,
         controller: None,
+        hooks: Vec::new(),
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,

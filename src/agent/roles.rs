@@ -81,6 +81,7 @@ pub struct RoleRuntime {
     head_tx: watch::Sender<Position>,
     shutdown: watch::Receiver<bool>,
     tasks: Mutex<Tasks>,
+    hooks: crate::hooks::HookRunner,
 }
 
 impl RoleRuntime {
@@ -91,6 +92,7 @@ impl RoleRuntime {
         head_tx: watch::Sender<Position>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<RoleRuntime> {
+        let hooks = crate::hooks::HookRunner::new(node.config.hooks.clone());
         Arc::new(RoleRuntime {
             node,
             tls,
@@ -98,15 +100,60 @@ impl RoleRuntime {
             head_tx,
             shutdown,
             tasks: Mutex::new(Tasks::default()),
+            hooks,
         })
     }
 
+    /// On promotion: the jobs the former active owned now belong to this
+    /// member (an ordinary captured write, so it replicates), as the
+    /// takeover policy allows.
     async fn take_over_jobs(&self, from: Option<&MemberId>) {
-        tracing::info!(from = ?from, "job takeover due");
+        let Some(store) = &self.store else {
+            return;
+        };
+        let me = &self.node.member;
+        if let Some(f) = from
+            && !self.node.config.takeover_allows(f)
+        {
+            tracing::info!(from = %f, "job takeover: the takeover policy does not list this member; its jobs keep their owner");
+            return;
+        }
+        let who = from.map_or_else(|| "no owner".to_string(), ToString::to_string);
+        match store.take_over_jobs(from, me).await {
+            Ok(n) => tracing::info!(from = %who, jobs = n, "scheduled jobs taken over"),
+            Err(e) => {
+                tracing::warn!(from = %who, error = %e, "job takeover failed; the jobs keep their owner")
+            }
+        }
     }
 
+    /// Run a hook with this member's view in its environment; its outcome
+    /// goes into the log (by the runner) and `/status`.
     async fn run_hook(&self, hook: Hook) {
-        tracing::info!(hook = ?hook, "hook due");
+        let kind = crate::hooks::HookKind::from(hook);
+        if self.hooks.command(kind).is_none() {
+            return;
+        }
+        let role = match hook {
+            Hook::OnPromote => Role::Active,
+            Hook::OnDemote => Role::Passive,
+            Hook::OnFence => Role::Fenced,
+        };
+        let (epoch, active) = self.node.live.read(|s| (s.epoch, s.active.clone()));
+        let env = crate::hooks::HookEnv {
+            member: self.node.member.clone(),
+            role,
+            epoch,
+            active,
+        };
+        let outcome = self.hooks.run(kind, &env).await;
+        if !outcome.ok {
+            tracing::warn!(hook = kind.name(), timed_out = outcome.timed_out, exit_code = ?outcome.exit_code, "hook failed");
+        }
+        self.node.live.update(|s| {
+            s.hooks.retain(|h| h.kind != kind);
+            s.hooks.push(outcome);
+        });
     }
 
     /// Follow `active` (restarting the applier if it followed another).

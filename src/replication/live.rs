@@ -55,6 +55,8 @@ pub struct LiveInner {
     pub snapshot: Option<SnapshotProgress>,
     /// The promotion controller's view (`None` until it has started).
     pub controller: Option<ControlStatus>,
+    /// The last run of each hook.
+    pub hooks: Vec<crate::hooks::HookOutcome>,
 }
 
 /// Shared, cheap to clone behind an `Arc`.
@@ -113,6 +115,9 @@ pub struct StatusDoc {
     pub paused: bool,
     /// The promotion controller's view; `None` before it started.
     pub failover: Option<FailoverDoc>,
+    /// The last run of each configured hook (a failing or hanging one shows
+    /// here with its exit code and output tail).
+    pub hooks: Vec<crate::hooks::HookOutcome>,
 }
 
 /// The promotion controller's part of `/status`: above all, why this member
@@ -351,6 +356,7 @@ impl Live {
                     .map(|x| x.status(now)),
                 paused: s.controller.as_ref().is_some_and(|c| c.paused),
                 failover: s.controller.as_ref().map(FailoverDoc::of),
+                hooks: s.hooks.clone(),
             }
         })
     }
@@ -380,6 +386,7 @@ mod tests {
             backend: "sqlite",
             snapshot: None,
             controller: None,
+            hooks: Vec::new(),
         })
     }
 

@@ -365,6 +365,7 @@ mod tests {
             backend: "sqlite",
             snapshot: None,
             controller: None,
+            hooks: Vec::new(),
         })
     }
 

@@ -616,6 +616,7 @@ mod tests {
             backend: "sqlite",
             snapshot: None,
             controller: None,
+            hooks: Vec::new(),
         })
         .status(Instant::now())
     }

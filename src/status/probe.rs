@@ -3,7 +3,8 @@
 //! database) still reports the truth.
 //!
 //! Owns: one periodic `db_now_ms` with a time limit, reported into the live
-//! view and the metrics.
+//! view and the metrics, and the count of unresolved quarantined changes
+//! (`divergent_changes`) read along with it.
 //! Must never: hold a transaction or a lock, or run more than one probe at a
 //! time.
 
@@ -52,6 +53,11 @@ pub async fn run(
             _ => {}
         }
         was_ok = outcome.is_ok();
+        if outcome.is_ok()
+            && let Ok(Ok(n)) = tokio::time::timeout(PROBE_TIMEOUT, store.divergent_count()).await
+        {
+            live.update(|s| s.divergent_changes = n);
+        }
         live.database(outcome);
     }
 }
