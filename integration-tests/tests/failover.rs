@@ -430,3 +430,119 @@ async fn twenty_switchovers_under_a_writer_lose_nothing() {
         .count();
     assert_eq!(switchovers, 20, "{h}");
 }
+
+/// A former active with changes nobody else received comes back: its tail
+/// goes to the quarantine (exactly the changes the new active never had,
+/// images intact, key content included) and its rows end identical to the
+/// new active's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_active() {
+    use understudy::store::{AnyStore, MemberStore};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &specs(dir.path(), &["a", "b", "c"], &[]));
+    cl.start_all().unwrap();
+    seed_data(&cl, "a", 200, 51).await;
+    cl.wait_converged("a", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let a_url = url(&cl, "a");
+
+    // b and c stop answering while a writes: a keeps committing until its
+    // lease runs out, and nobody else receives those changes.
+    let mut w = Workload::new(seed(52)).with_max_jobs(40);
+    let mut app = AppConn::connect(&a_url).await.unwrap();
+    for _ in 0..20 {
+        app.execute(&[w.next_op()]).await.unwrap();
+    }
+    cl.freeze("b", true);
+    cl.freeze("c", true);
+    let mut tail_writes = 0;
+    let started = Instant::now();
+    loop {
+        match app.execute(&[w.next_op()]).await {
+            Ok(()) => tail_writes += 1,
+            Err(_) => break,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a never fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(tail_writes > 0, "a committed nothing after b and c froze");
+    cl.kill("a");
+    let a_log = change_log(&a_url).await.unwrap();
+    let a_head = AnyStore::open(&a_url)
+        .await
+        .unwrap()
+        .state()
+        .await
+        .unwrap()
+        .position;
+    cl.freeze("b", false);
+    cl.freeze("c", false);
+
+    // b or c takes over and writes to some of the same jobs.
+    let winner = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(w) = actives(&cl).await.pop() {
+                break w;
+            }
+            assert!(Instant::now() < deadline, "no new active");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let w_url = url(&cl, &winner);
+    let mut w2 = Workload::new(seed(52)).with_max_jobs(40);
+    write_workload(&w_url, &mut w2, 60, 3).await.unwrap();
+    let history = AnyStore::open(&w_url)
+        .await
+        .unwrap()
+        .epoch_history()
+        .await
+        .unwrap();
+    let start = history.last().unwrap().start;
+    assert!(
+        a_head.seq > start.seq,
+        "a has a tail past {start}: {a_head}"
+    );
+
+    // a comes back: passive, identical, its tail in the quarantine.
+    cl.start("a").unwrap();
+    if let Err(e) = cl.wait_converged(&winner, 1, Duration::from_secs(60)).await {
+        dump(&cl);
+        panic!("{e}");
+    }
+    assert_eq!(cl.status("a").await.unwrap()["role"], "passive");
+    assert_eq!(
+        checksums(&a_url).await.unwrap(),
+        checksums(&w_url).await.unwrap()
+    );
+    let q = AnyStore::open(&a_url)
+        .await
+        .unwrap()
+        .divergence_list(false)
+        .await
+        .unwrap();
+    assert_eq!(q.len() as u64, a_head.seq - start.seq, "the tail, exactly");
+    for d in &q {
+        let orig = a_log
+            .iter()
+            .find(|c| c.pos == d.change.pos)
+            .unwrap_or_else(|| panic!("{} is not a change a held", d.change.pos));
+        assert_eq!(orig, &d.change, "the image is intact");
+        assert!(d.change.pos.seq > start.seq);
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "divergent_changes in a's status",
+        || async {
+            cl.status("a")
+                .await
+                .is_ok_and(|s| s["divergent_changes"] == q.len() as u64)
+        },
+    )
+    .await
+    .unwrap();
+}

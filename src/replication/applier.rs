@@ -100,7 +100,9 @@ async fn session(
             role: my_role,
             epoch: node.epoch(),
             position,
-            want_snapshot: false,
+            want_snapshot: node
+                .needs_snapshot
+                .load(std::sync::atomic::Ordering::SeqCst),
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
@@ -118,6 +120,14 @@ async fn session(
                 member: active.clone(),
                 reason,
             });
+        }
+        Ok(Ok(Some(ServerMsg::Rejoin { keep_upto, reason }))) => {
+            let Some(s) = store else {
+                return Err(ReplicationError::Peer(
+                    "a rejoin request to a witness".into(),
+                ));
+            };
+            return rejoin(node, s, active, keep_upto, &reason).await;
         }
         Ok(Ok(Some(_))) => return Err(ReplicationError::Peer("no welcome".into())),
         Ok(Ok(None)) => return Err(ReplicationError::Peer("closed during the handshake".into())),
@@ -218,6 +228,7 @@ async fn session(
                         };
                         committed = pos;
                         open_changes = false;
+                        node.needs_snapshot.store(false, std::sync::atomic::Ordering::SeqCst);
                         node.live.update(|s| {
                             s.snapshot = None;
                             s.position = pos;
@@ -241,7 +252,9 @@ async fn session(
                     ServerMsg::Refuse { reason } => {
                         break Err(ReplicationError::Refused { member: active.clone(), reason });
                     }
-                    ServerMsg::Welcome(_) => break Err(ReplicationError::Peer("a second welcome".into())),
+                    ServerMsg::Welcome(_) | ServerMsg::Rejoin { .. } => {
+                        break Err(ReplicationError::Peer("a handshake message in the stream".into()))
+                    }
                     ServerMsg::History(h) => {
                         if let Some(s) = store
                             && let Err(e) = merge_history(s, &h).await
@@ -292,4 +305,38 @@ async fn merge_history(
         }
     }
     Ok(())
+}
+
+/// The active says this member's history diverged after `keep_upto`: copy
+/// the divergent tail into the quarantine (full row images, nothing lost
+/// silently), rewind to `keep_upto`, and take a snapshot on the next
+/// connection to restore the rows the tail changed.
+async fn rejoin(
+    node: &NodeCtx,
+    store: &AnyStore,
+    active: &MemberId,
+    keep_upto: Position,
+    reason: &str,
+) -> Result<(), ReplicationError> {
+    tracing::warn!(active = %active, %keep_upto, %reason, "diverged from the active's history: rejoining");
+    let why = format!("rejoin: diverged from {active}'s history after {keep_upto}");
+    match store.quarantine_tail(keep_upto, &why).await {
+        Ok(n) => {
+            tracing::warn!(
+                quarantined = n, %keep_upto, active = %active,
+                reason = "diverged history", "divergent tail quarantined; a snapshot restores the rows it changed (`understudy divergence list`)"
+            );
+            node.live.update(|s| {
+                s.divergent_changes += n;
+                s.position = keep_upto;
+            });
+            node.needs_snapshot
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, active = %active, "cannot quarantine the divergent tail; this member stays out of replication until an operator resolves it (`understudy resnapshot` after exporting what it holds)");
+            Err(e.into())
+        }
+    }
 }

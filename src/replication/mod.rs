@@ -74,6 +74,9 @@ pub struct NodeCtx {
     /// planned switchover the fenced active keeps shipping until the target
     /// holds the exact head.)
     pub shipping: tokio::sync::watch::Sender<bool>,
+    /// A passive that quarantined a divergent tail asks for a snapshot on
+    /// its next connection (set by a rejoin, cleared once one is installed).
+    pub needs_snapshot: std::sync::atomic::AtomicBool,
     epoch: AtomicU64,
 }
 
@@ -93,6 +96,7 @@ impl NodeCtx {
             metrics: Arc::new(Metrics::default()),
             marks: Arc::new(marks::Marks::default()),
             shipping: tokio::sync::watch::channel(false).0,
+            needs_snapshot: std::sync::atomic::AtomicBool::new(false),
             epoch: AtomicU64::new(epoch.0),
         }
     }

@@ -143,6 +143,13 @@ async fn handle(
             Start::Stream => {}
             Start::Snapshot(reason) => snapshot = Some(reason),
             Start::Refuse(reason) => return refuse(&mut writer, &peer, reason).await,
+            Start::Rejoin { keep_upto, reason } => {
+                tracing::warn!(peer = %peer, %keep_upto, %reason, "asking a diverged member to rejoin");
+                writer
+                    .send(&ServerMsg::Rejoin { keep_upto, reason })
+                    .await?;
+                return Ok(());
+            }
         }
     }
     let me = Hello {

@@ -29,6 +29,43 @@ pub enum Start {
     Snapshot(String),
     /// Refuse the connection with this reason.
     Refuse(String),
+    /// The passive's history diverged after `keep_upto`: it must quarantine
+    /// its tail and take a snapshot.
+    Rejoin { keep_upto: Position, reason: String },
+}
+
+/// Where `from`'s history left this member's: the start of the first epoch
+/// after `from.epoch` in this member's epoch history (the last position
+/// both hold), if `from` is past it.
+async fn divergence_point(
+    store: &AnyStore,
+    from: Position,
+) -> Result<Option<Position>, ReplicationError> {
+    let history = store.epoch_history().await?;
+    Ok(history
+        .iter()
+        .filter(|r| r.epoch.0 > from.epoch)
+        .min_by_key(|r| r.epoch)
+        .map(|r| r.start)
+        .filter(|start| start.seq < from.seq))
+}
+
+/// A diverged `from`: ask it to rejoin when the history says where it left
+/// ours, else refuse with `why`.
+async fn diverged(
+    store: &AnyStore,
+    from: Position,
+    why: String,
+) -> Result<Start, ReplicationError> {
+    Ok(match divergence_point(store, from).await? {
+        Some(keep_upto) => Start::Rejoin {
+            keep_upto,
+            reason: format!(
+                "{why}; this history left yours after {keep_upto}: quarantine your changes past it and take a snapshot"
+            ),
+        },
+        None => Start::Refuse(format!("{why}; it must rejoin")),
+    })
 }
 
 /// Decide, before welcoming a passive, where it starts: the change log when
@@ -45,9 +82,14 @@ pub async fn check_start(
     }
     let head = store.state().await?.position;
     if from.seq > head.seq {
-        return Ok(Start::Refuse(format!(
-            "your position {from} is ahead of this active's head {head}: your history diverged; it must rejoin"
-        )));
+        return diverged(
+            store,
+            from,
+            format!(
+                "your position {from} is ahead of this active's head {head}: your history diverged"
+            ),
+        )
+        .await;
     }
     if from.seq < head.seq {
         let oldest = store.oldest_seq().await?;
@@ -64,10 +106,17 @@ pub async fn check_start(
     let at = store.read_changes(from.seq - 1, 1, usize::MAX).await?;
     match at.changes.first() {
         Some(c) if c.pos == from => Ok(Start::Stream),
-        Some(c) if c.pos.seq == from.seq => Ok(Start::Refuse(format!(
-            "your position {from} is not in this active's history (it has {} there): your history diverged; it must rejoin",
-            c.pos
-        ))),
+        Some(c) if c.pos.seq == from.seq => {
+            diverged(
+                store,
+                from,
+                format!(
+                    "your position {from} is not in this active's history (it has {} there): your history diverged",
+                    c.pos
+                ),
+            )
+            .await
+        }
         // The log no longer holds that entry (trimmed, or the base of a
         // snapshot): the position is all there is to compare.
         _ => Ok(Start::Stream),

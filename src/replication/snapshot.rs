@@ -303,7 +303,7 @@ async fn receive<R: AsyncRead + Unpin>(
                     "the active closed the stream".into(),
                 ));
             }
-            Some(ServerMsg::Refuse { reason }) => {
+            Some(ServerMsg::Refuse { reason }) | Some(ServerMsg::Rejoin { reason, .. }) => {
                 return Err(ReplicationError::Refused {
                     member: active.clone(),
                     reason,

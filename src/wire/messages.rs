@@ -110,6 +110,14 @@ pub enum ServerMsg {
     /// member keeps the whole history, so whoever becomes active next can
     /// show it and judge a returning member's divergence.
     History(Vec<EpochEntry>),
+    /// Instead of a welcome: the passive's history diverged from this
+    /// active's after `keep_upto` (it holds changes of an older epoch that
+    /// this history does not). It must quarantine what it holds past
+    /// `keep_upto` and ask for a snapshot to restore its rows.
+    Rejoin {
+        keep_upto: Position,
+        reason: String,
+    },
 }
 
 /// One epoch of history on the wire.
