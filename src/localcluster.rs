@@ -341,6 +341,21 @@ impl LocalCluster {
 
     /// Wait until every member with a database reports the same position as
     /// the active's head, and that head is at least `min_seq`.
+    /// Wait until `id` answers `GET /active` with 200 (the active regains
+    /// its lease once a majority answers after a start).
+    pub async fn wait_active(&self, id: &str, timeout: Duration) -> Result<(), ClusterError> {
+        let addr = self.member(id).status.clone();
+        self.wait_until(timeout, &format!("{id} to be the unfenced active"), || {
+            let addr = addr.clone();
+            async move {
+                client::request(&addr, "GET", "/active", None, None, Duration::from_secs(1))
+                    .await
+                    .is_ok_and(|r| r.code == 200)
+            }
+        })
+        .await
+    }
+
     pub async fn wait_converged(
         &self,
         active: &str,

@@ -71,6 +71,9 @@ async fn position_seq(cl: &LocalCluster, id: &str) -> u64 {
 }
 
 async fn seed_data(cl: &LocalCluster, active: &str, ops: u64, s: u64) {
+    cl.wait_active(active, Duration::from_secs(30))
+        .await
+        .unwrap();
     let u = url(cl, active);
     let mut w = Workload::new(seed(s));
     let mut app = AppConn::connect(&u).await.unwrap();

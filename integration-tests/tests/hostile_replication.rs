@@ -101,6 +101,7 @@ async fn replication_port_refuses_bad_input_and_keeps_serving() {
     .unwrap();
     cl.init_all().unwrap();
     cl.start_all().unwrap();
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let addr = cl.member("a").replication.clone();
     let url = cl.member("a").database.clone().unwrap();
     let mut w = Workload::new(17);

@@ -64,6 +64,7 @@ fn url(cl: &LocalCluster, id: &str) -> DatabaseUrl {
 
 /// Seed the active with the standard workload and one key of known content.
 async fn seed_data(cl: &LocalCluster, ops: u64) {
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let a = url(cl, "a");
     let mut w = Workload::new(seed(7));
     let mut app = AppConn::connect(&a).await.unwrap();

@@ -110,6 +110,7 @@ async fn fifty_thousand(active: B, passives: B, seed_default: u64) {
         db(passives, d, "c", &mut keep),
     ];
     let cl = three(d, dbs);
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let url = cl.member("a").database.clone().unwrap();
     let mut w = Workload::new(seed);
     let mut app_setup = understudy::workload::AppConn::connect(&url).await.unwrap();
@@ -145,6 +146,7 @@ async fn kill_9_passive_and_active_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut cl = three(d, [sqlite(d, "a"), sqlite(d, "b"), sqlite(d, "c")]);
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let url = cl.member("a").database.clone().unwrap();
     let mut w = Workload::new(seed);
     let mut app = understudy::workload::AppConn::connect(&url).await.unwrap();
@@ -191,6 +193,7 @@ async fn passive_status_reports_lag_and_position() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cl = three(d, [sqlite(d, "a"), sqlite(d, "b"), sqlite(d, "c")]);
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let url = cl.member("a").database.clone().unwrap();
     let mut w = Workload::new(5);
     let mut app = understudy::workload::AppConn::connect(&url).await.unwrap();

@@ -449,6 +449,7 @@ async fn verify_tamper_resnapshot(b: B, seed_default: u64) {
         .collect();
     let mut cl = cluster(d, &urls, "");
     cl.start_all().unwrap();
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let a_url = urls[0].1.clone();
     let mut w = Workload::new(seed);
     AppConn::connect(&a_url)

@@ -353,7 +353,22 @@ impl Engine {
                 });
                 return r;
             }
-            Mode::Candidate(_) => return r,
+            Mode::Candidate(_) => {
+                // Standing again after a lost round: say why the last one
+                // was lost (the operator's "why is nobody active?").
+                if let Some(e) = &self.last_election
+                    && !e.won
+                    && now.saturating_sub(e.at_ms) < self.cfg.failover_timeout.saturating_mul(2)
+                {
+                    r.push(NotPromoting::NoQuorum {
+                        epoch: e.epoch,
+                        granted: e.granted.len(),
+                        needed: self.quorum,
+                        unreachable: e.unreachable.clone(),
+                    });
+                }
+                return r;
+            }
             Mode::Follower => {}
         }
         let since = now.saturating_sub(self.last_heard);

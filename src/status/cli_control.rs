@@ -204,6 +204,16 @@ pub async fn set_paused(
     let mut shown = Vec::new();
     let mut missing = Vec::new();
     for (m, e) in &members {
+        // An unreachable member is reported at once (it learns the flag
+        // from the active's heartbeats when it is back); a reachable one
+        // gets `within` to show it.
+        if get_json_from(e, "/status", Duration::from_secs(2))
+            .await
+            .is_err()
+        {
+            missing.push(m.clone());
+            continue;
+        }
         match wait_for(e, within, |s| s["paused"] == paused).await {
             Ok(_) => shown.push(m.clone()),
             Err(_) => missing.push(m.clone()),

@@ -1,0 +1,330 @@
+//! The failure modes HA agents' users hit most, with real processes: a
+//! frozen active (zombie), a lost quorum explained in `/status`, pause and
+//! resume, and the candidate order (`no_failover`, `priority`).
+
+use integration_tests::{seed, understudy_bin, wait_until, write_workload};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use understudy::config::DatabaseUrl;
+use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
+use understudy::workload::{AppConn, AppOp, Workload};
+
+fn create(dir: &Path, members: &[&str]) -> LocalCluster {
+    let specs: Vec<MemberSpec> = members
+        .iter()
+        .map(|m| MemberSpec {
+            id: m.to_string(),
+            database: Some(DatabaseUrl::Sqlite(dir.join(format!("{m}.db")))),
+        })
+        .collect();
+    let cl = LocalCluster::create(dir, &understudy_bin(), &specs, ClusterOptions::default())
+        .expect("cluster files");
+    cl.init_all().expect("init");
+    cl
+}
+
+/// Add top-level keys to one member's config (before its first table).
+fn add_top(cl: &LocalCluster, id: &str, lines: &str) {
+    let p = cl.member(id).config.clone();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let text = text.replacen("\n[", &format!("\n{lines}\n["), 1);
+    std::fs::write(&p, text).unwrap();
+}
+
+fn url(cl: &LocalCluster, id: &str) -> DatabaseUrl {
+    cl.member(id).database.clone().unwrap()
+}
+
+fn dump(cl: &LocalCluster) {
+    for m in &cl.members {
+        eprintln!("--- {} log tail:\n{}", m.id, cl.log_tail(m.id.as_str(), 40));
+    }
+}
+
+async fn seed_and_converge(cl: &LocalCluster) {
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
+    let u = url(cl, "a");
+    let mut w = Workload::new(seed(61));
+    let mut app = AppConn::connect(&u).await.unwrap();
+    app.execute(&w.setup()).await.unwrap();
+    write_workload(&u, &mut w, 100, 5).await.unwrap();
+    cl.wait_converged("a", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+}
+
+async fn active_of(cl: &LocalCluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in &cl.members {
+        if let Ok(r) = understudy::status::client::request(
+            &m.status,
+            "GET",
+            "/active",
+            None,
+            None,
+            Duration::from_millis(500),
+        )
+        .await
+            && r.code == 200
+        {
+            out.push(m.id.to_string());
+        }
+    }
+    out
+}
+
+/// Whether `url` takes an application write now (rolled back at once).
+fn accepts_writes(url: &DatabaseUrl) -> Result<(), String> {
+    let DatabaseUrl::Sqlite(p) = url else {
+        panic!("SQLite only here");
+    };
+    let mut c = rusqlite::Connection::open(p).map_err(|e| e.to_string())?;
+    c.busy_timeout(Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    let tx = c.transaction().map_err(|e| e.to_string())?;
+    let r = tx
+        .execute(
+            "INSERT INTO projects (name, description, config) VALUES ('probe', 'rolled back', '{}')",
+            [],
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let _ = tx.rollback();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_active_stops_taking_writes_by_itself_and_returns_passive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let urls: Vec<(String, DatabaseUrl)> = ["a", "b", "c"]
+        .iter()
+        .map(|m| (m.to_string(), url(&cl, m)))
+        .collect();
+    let lease = Duration::from_millis(cl.options.lease_ms);
+    let failover = Duration::from_millis(cl.options.failover_ms);
+
+    let frozen = Instant::now();
+    cl.freeze("a", true);
+    // Sampled every 50 ms: never two databases taking writes; a's stops
+    // within lease_timeout + 200 ms; someone else takes over after
+    // failover_timeout.
+    let mut a_refused_at = None;
+    let mut other_active_at = None;
+    while frozen.elapsed() < failover + Duration::from_secs(8) {
+        let open: Vec<&str> = urls
+            .iter()
+            .filter(|(_, u)| accepts_writes(u).is_ok())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert!(open.len() <= 1, "two members took writes at once: {open:?}");
+        if a_refused_at.is_none() && !open.contains(&"a") {
+            a_refused_at = Some(frozen.elapsed());
+            let err = accepts_writes(&urls[0].1).unwrap_err();
+            assert!(err.contains("lease"), "{err}");
+        }
+        if other_active_at.is_none() && open.iter().any(|m| *m != "a") {
+            other_active_at = Some(frozen.elapsed());
+        }
+        if a_refused_at.is_some() && other_active_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = a_refused_at.expect("a kept taking writes while frozen");
+    assert!(
+        refused <= lease + Duration::from_millis(200),
+        "a took writes for {refused:?} after freezing"
+    );
+    let promoted = other_active_at.expect("nobody took over from the frozen active");
+    assert!(
+        promoted >= failover,
+        "promoted after {promoted:?}, before failover_timeout"
+    );
+
+    // SIGCONT: the old agent checks its lease first and ends passive; its
+    // database never takes a write again.
+    cl.freeze("a", false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open: Vec<&str> = urls
+            .iter()
+            .filter(|(_, u)| accepts_writes(u).is_ok())
+            .map(|(m, _)| m.as_str())
+            .collect();
+        assert!(
+            !open.contains(&"a"),
+            "a took writes after its lease ran out"
+        );
+        assert!(open.len() <= 1, "two members took writes: {open:?}");
+        if cl.status("a").await.is_ok_and(|s| s["role"] == "passive") {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump(&cl);
+            panic!("a did not end passive");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_the_survivor_says_why_and_promotes_once_one_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    cl.kill("a");
+    cl.kill("c");
+    let failover = Duration::from_millis(cl.options.failover_ms);
+    // Long past failover_timeout: b has not promoted, and says why.
+    wait_until(Duration::from_secs(15), "b to report no quorum", || async {
+        cl.status("b").await.is_ok_and(|s| {
+            let r = s["failover"]["not_promoting"].to_string();
+            r.contains("no_quorum") && r.contains("\"a\"") && r.contains("\"c\"")
+        })
+    })
+    .await
+    .unwrap_or_else(|e| {
+        dump(&cl);
+        panic!("{e}: {:?}", futures_status(&cl))
+    });
+    tokio::time::sleep(failover).await;
+    assert!(active_of(&cl).await.is_empty(), "promoted without a quorum");
+    assert_ne!(cl.status("b").await.unwrap()["role"], "active");
+
+    let back = Instant::now();
+    cl.start("c").unwrap();
+    wait_until(
+        failover + Duration::from_secs(1) + Duration::from_millis(500),
+        "a promotion",
+        || async { !active_of(&cl).await.is_empty() },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        dump(&cl);
+        panic!("{e}")
+    });
+    eprintln!("promoted {:?} after c came back", back.elapsed());
+    assert_eq!(
+        active_of(&cl).await,
+        vec!["b".to_string()],
+        "b holds the newest position"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_holds_off_failover_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let bin = understudy_bin();
+    let token = cl.options.token.clone();
+    let status_of = |m: &str| cl.member(m).status.clone();
+    let (b_status, c_status) = (status_of("b"), status_of("c"));
+    let cli = |cmd: &str, status: &str| {
+        let out = std::process::Command::new(&bin)
+            .args([cmd, "--url", status, "--token", &token])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = cli("pause", &b_status);
+    assert!(said.contains("paused on"), "{said}");
+    for m in ["a", "b", "c"] {
+        assert_eq!(cl.status(m).await.unwrap()["paused"], true, "{m}");
+    }
+    cl.kill("a");
+    let failover = Duration::from_millis(cl.options.failover_ms);
+    tokio::time::sleep(failover * 3).await;
+    assert!(active_of(&cl).await.is_empty(), "promoted while paused");
+    for m in ["b", "c"] {
+        let s = cl.status(m).await.unwrap();
+        assert!(
+            s["failover"]["not_promoting"]
+                .to_string()
+                .contains("paused"),
+            "{s}"
+        );
+    }
+    let resumed = Instant::now();
+    cli("resume", &c_status);
+    wait_until(
+        failover + Duration::from_secs(1),
+        "a promotion after resume",
+        || async { !active_of(&cl).await.is_empty() },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        dump(&cl);
+        panic!("{e}")
+    });
+    eprintln!("promoted {:?} after resume", resumed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_failover_is_never_promoted_and_priority_breaks_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c", "d"]);
+    // b, c and d are equally up to date: b is tagged no_failover (its id
+    // would win a tie otherwise), and d's priority beats c's id.
+    add_top(&cl, "b", "no_failover = true");
+    add_top(&cl, "d", "priority = 10");
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let s = cl.status("b").await.unwrap();
+    assert_eq!(s["failover"]["eligible"], false, "{s}");
+    assert!(
+        s["failover"]["not_promoting"]
+            .to_string()
+            .contains("no_failover"),
+        "{s}"
+    );
+    cl.kill("a");
+    wait_until(Duration::from_secs(15), "a promotion", || async {
+        !active_of(&cl).await.is_empty()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        dump(&cl);
+        panic!("{e}")
+    });
+    assert_eq!(
+        active_of(&cl).await,
+        vec!["d".to_string()],
+        "priority decides between c and d"
+    );
+    assert_eq!(cl.status("b").await.unwrap()["role"], "passive");
+    let a = AppOp::UpsertProject {
+        name: "after".into(),
+        description: "x".into(),
+        config: "{}".into(),
+    };
+    AppConn::connect(&url(&cl, "d"))
+        .await
+        .unwrap()
+        .execute(&[a])
+        .await
+        .unwrap();
+}
+
+fn futures_status(cl: &LocalCluster) -> String {
+    let addr = cl.member("b").status.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(understudy::status::client::get_json(&addr, "/status"))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    })
+    .join()
+    .unwrap()
+}
