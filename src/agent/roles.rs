@@ -304,6 +304,13 @@ impl ControlStore for MemberControl {
             self.roles.stop_following().await;
         }
         ControlStore::set_role(&self.store, role, epoch, active).await?;
+        // Hooks and status see the new epoch and active from here on (the
+        // controller's own status is published after its whole step).
+        self.roles.node.set_epoch(epoch);
+        self.roles.node.live.update(|s| {
+            s.epoch = epoch;
+            s.active = active.cloned();
+        });
         if role == Role::Fenced {
             self.roles.node.metrics.fences.inc();
         }
