@@ -92,7 +92,7 @@ async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
 }
 
 /// Drop every trigger on the application tables (the raw baseline).
-async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
+pub(crate) async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
     match url {
         DatabaseUrl::Sqlite(p) => {
             let c = rusqlite::Connection::open(p)?;
