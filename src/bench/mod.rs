@@ -127,8 +127,9 @@ pub struct LagSample {
 
 /// The lag fields shared by every replication bench (`lag_samples`,
 /// `lag_p50_ms`, `lag_p99_ms`, `lag_max_ms`), plus, with `trace`, the 20
-/// largest samples in time order and a per-second p99/max profile, to tell a
-/// periodic stall (checkpoints, trims) from a one-off.
+/// largest samples in time order and the largest lag of every 100 ms
+/// window, to tell a periodic stall (checkpoints, trims, heartbeats) from a
+/// one-off.
 pub fn lag_fields(
     samples: &[LagSample],
     trace: bool,
@@ -156,23 +157,17 @@ pub fn lag_fields(
                 .collect::<Vec<_>>()
                 .into(),
         );
-        let secs = samples
+        let windows = samples
             .iter()
-            .map(|s| (s.at_ms / 1000.0) as usize)
+            .map(|s| (s.at_ms / 100.0) as usize)
             .max()
             .unwrap_or(0);
-        let mut per: Vec<Vec<f64>> = vec![Vec::new(); secs + 1];
+        let mut per = vec![0.0f64; windows + 1];
         for s in samples {
-            per[(s.at_ms / 1000.0) as usize].push(s.lag_ms);
+            let w = &mut per[(s.at_ms / 100.0) as usize];
+            *w = w.max(s.lag_ms);
         }
-        let profile: Vec<serde_json::Value> = per
-            .iter_mut()
-            .map(|v| {
-                v.sort_by(f64::total_cmp);
-                serde_json::json!([percentile(v, 99.0), v.last().copied().unwrap_or(0.0)])
-            })
-            .collect();
-        m.insert("lag_p99_max_per_second".into(), profile.into());
+        m.insert("lag_max_per_100ms".into(), per.into());
     }
     m
 }
@@ -195,5 +190,32 @@ mod tests {
         assert_eq!(super::percentile(&v, 99.0), 99.0);
         assert_eq!(super::percentile(&v, 100.0), 100.0);
         assert_eq!(super::percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn lag_trace_keeps_the_worst_samples_and_a_window_profile() {
+        use super::{LagSample, lag_fields};
+        // 100 samples over 1 s, one 80 ms stall at 450 ms.
+        let samples: Vec<LagSample> = (0..100)
+            .map(|i| LagSample {
+                at_ms: f64::from(i) * 10.0,
+                lag_ms: if i == 45 { 80.0 } else { 5.0 },
+            })
+            .collect();
+        let plain = lag_fields(&samples, false);
+        assert_eq!(plain["lag_samples"], 100);
+        assert_eq!(plain["lag_p50_ms"], 5.0);
+        assert_eq!(plain["lag_max_ms"], 80.0);
+        assert!(plain.get("lag_worst").is_none());
+        let traced = lag_fields(&samples, true);
+        let worst = traced["lag_worst"].as_array().map(Vec::len);
+        assert_eq!(worst, Some(20));
+        let windows: Vec<f64> = traced["lag_max_per_100ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        assert_eq!(windows.len(), 10);
+        assert_eq!(windows[4], 80.0);
+        assert_eq!(windows[3], 5.0);
     }
 }
