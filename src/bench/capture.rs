@@ -81,7 +81,7 @@ impl BenchDb {
     }
 }
 
-async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
     let (c, conn) = tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to {}", crate::config::redact_url(server)))?;

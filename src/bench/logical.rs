@@ -67,13 +67,6 @@ impl Link {
     async fn create(pub_db: &BenchDb, sub_db: &BenchDb) -> Result<Link> {
         let publisher = connect(&pub_db.url).await?;
         let subscriber = connect(&sub_db.url).await?;
-        let level: String = publisher.query_one("SHOW wal_level", &[]).await?.get(0);
-        if level != "logical" {
-            bail!(
-                "the publisher's wal_level is {level}, not logical: start it with \
-                 `scripts/with-postgres --logical` (or -c wal_level=logical)"
-            );
-        }
         let id = std::process::id();
         let (publication, slot, sub) = (
             format!("understudy_bench_pub_{id}"),
@@ -95,47 +88,62 @@ impl Link {
             )
             .await
             .context("creating the replication slot")?;
-        // The lag monitor reads rows newer than a watermark.
-        for t in ["projects", "jobs", "keys"] {
-            subscriber
-                .batch_execute(&format!(
-                    "CREATE INDEX bench_{t}_updated_at ON {t} (updated_at)"
-                ))
-                .await?;
-        }
-        let DatabaseUrl::Postgres(conninfo) = &pub_db.url else {
-            bail!("the publisher is not a PostgreSQL database");
-        };
-        subscriber
-            .batch_execute(&format!(
-                "CREATE SUBSCRIPTION {sub} CONNECTION '{}' PUBLICATION {publication} \
-                 WITH (create_slot = false, slot_name = '{slot}', copy_data = false)",
-                conninfo.replace('\'', "''")
-            ))
-            .await
-            .context("creating the subscription")?;
         let link = Link {
             publisher,
             subscriber,
             slot,
             sub,
         };
+        match link.subscribe(&publication, &pub_db.url).await {
+            Ok(()) => Ok(link),
+            Err(e) => {
+                // A leftover slot would hold the publisher's WAL forever and
+                // keep its database from being dropped.
+                link.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Index the subscriber for the lag monitor, subscribe, and wait until
+    /// the publisher streams to it.
+    async fn subscribe(&self, publication: &str, pub_url: &DatabaseUrl) -> Result<()> {
+        // The lag monitor reads rows newer than a watermark.
+        for t in ["projects", "jobs", "keys"] {
+            self.subscriber
+                .batch_execute(&format!(
+                    "CREATE INDEX bench_{t}_updated_at ON {t} (updated_at)"
+                ))
+                .await?;
+        }
+        let DatabaseUrl::Postgres(conninfo) = pub_url else {
+            bail!("the publisher is not a PostgreSQL database");
+        };
+        self.subscriber
+            .batch_execute(&format!(
+                "CREATE SUBSCRIPTION {} CONNECTION '{}' PUBLICATION {publication} \
+                 WITH (create_slot = false, slot_name = '{}', copy_data = false)",
+                self.sub,
+                conninfo.replace('\'', "''"),
+                self.slot
+            ))
+            .await
+            .context("creating the subscription")?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let streaming = link
+            let streaming = self
                 .publisher
                 .query_opt(
                     "SELECT 1 FROM pg_stat_replication r JOIN pg_replication_slots s \
                      ON s.active_pid = r.pid WHERE s.slot_name = $1 AND r.state = 'streaming'",
-                    &[&link.slot],
+                    &[&self.slot],
                 )
                 .await?
                 .is_some();
             if streaming {
-                return Ok(link);
+                return Ok(());
             }
             if Instant::now() > deadline {
-                link.teardown().await;
                 bail!("the subscription did not start streaming within 30 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -179,6 +187,19 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     };
     let subscriber = args.passive_database_url.as_deref().unwrap_or(publisher);
 
+    // Before creating anything: logical replication needs wal_level=logical.
+    let level: String = super::capture::pg_admin(publisher.trim_end_matches('/'))
+        .await?
+        .query_one("SHOW wal_level", &[])
+        .await?
+        .get(0);
+    if level != "logical" {
+        bail!(
+            "the publisher's wal_level is {level}, not logical: start it with \
+             `scripts/with-postgres --logical` (or -c wal_level=logical)"
+        );
+    }
+
     // 1. The writer alone, on a publisher-side database without publication.
     let alone = plain_db(publisher, "lr_alone").await?;
     eprintln!("bench: writer alone (no triggers), {} ops", args.ops);
@@ -187,7 +208,14 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
 
     let pub_db = plain_db(publisher, "lr_pub").await?;
     let sub_db = plain_db(subscriber, "lr_sub").await?;
-    let link = Link::create(&pub_db, &sub_db).await?;
+    let link = match Link::create(&pub_db, &sub_db).await {
+        Ok(link) => link,
+        Err(e) => {
+            pub_db.drop_db().await;
+            sub_db.drop_db().await;
+            return Err(e);
+        }
+    };
     let measured = measure(args, &pub_db.url, &sub_db.url).await;
     link.teardown().await;
     pub_db.drop_db().await;
