@@ -81,7 +81,7 @@ impl BenchDb {
     }
 }
 
-async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
+pub(crate) async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
     let (c, conn) = tokio_postgres::connect(&format!("{server}/postgres"), tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to {}", crate::config::redact_url(server)))?;
@@ -92,7 +92,7 @@ async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
 }
 
 /// Drop every trigger on the application tables (the raw baseline).
-async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
+pub(crate) async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
     match url {
         DatabaseUrl::Sqlite(p) => {
             let c = rusqlite::Connection::open(p)?;

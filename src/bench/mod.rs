@@ -1,12 +1,15 @@
 //! `understudy bench`: figures, not tests. Capture overhead (writer with and
 //! without the capture triggers), replication throughput and lag (a real
-//! active and passive over mutual TLS on loopback), and snapshot rates.
+//! active and passive over mutual TLS on loopback), snapshot rates, and the
+//! same replication workload on PostgreSQL's built-in logical replication
+//! for comparison.
 //!
 //! Owns: the benchmark drivers and their printed reports.
 //! Must never: run as part of the test suite, or touch a database it did not
 //! create itself.
 
 pub mod capture;
+pub mod logical;
 pub mod replication;
 pub mod snapshot;
 
@@ -23,6 +26,11 @@ pub enum Mode {
     /// Snapshot read, copy and join rates (rows/s, MB/s); `--ops` is the
     /// number of jobs seeded.
     Snapshot,
+    /// PostgreSQL's built-in logical replication (publication/subscription)
+    /// driven by the same writer as `replication`, for comparison. Needs
+    /// --database-url (publisher, wal_level=logical) and
+    /// --passive-database-url (subscriber).
+    PgLogical,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,6 +53,10 @@ pub struct BenchArgs {
     /// its own databases there.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// A second PostgreSQL server URL for the passive's (subscriber's)
+    /// databases; without it the passive's databases go to --database-url.
+    #[arg(long, env = "DATABASE_URL_2")]
+    pub passive_database_url: Option<String>,
     /// Mutations for the throughput runs (jobs seeded for --mode snapshot).
     #[arg(long, default_value_t = 20_000)]
     pub ops: u64,
@@ -54,6 +66,14 @@ pub struct BenchArgs {
     /// Fixed rate (mutations/s) for the lag run.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
+    /// Replication mode only: extra TOML lines for both members'
+    /// [replication] tables (e.g. "batch_max_delay_ms = 0"), to try settings.
+    #[arg(long, default_value = "")]
+    pub member_replication: String,
+    /// Lag runs: also print the largest lag samples with their times (ms
+    /// after the run's start), to see whether the tail is periodic.
+    #[arg(long)]
+    pub lag_trace: bool,
     /// Seconds of the lag run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
@@ -69,6 +89,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         Mode::Capture => capture::run(&args).await?,
         Mode::Replication => replication::run(&args).await?,
         Mode::Snapshot => snapshot::run(&args).await?,
+        Mode::PgLogical => logical::run(&args).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -96,6 +117,61 @@ fn print_text(v: &serde_json::Value, indent: &str) {
     }
 }
 
+/// One lag observation of a fixed-rate run: when it was seen (ms after the
+/// run started) and the lag (ms).
+#[derive(Clone, Copy, Debug)]
+pub struct LagSample {
+    pub at_ms: f64,
+    pub lag_ms: f64,
+}
+
+/// The lag fields shared by every replication bench (`lag_samples`,
+/// `lag_p50_ms`, `lag_p99_ms`, `lag_max_ms`), plus, with `trace`, the 20
+/// largest samples in time order and the largest lag of every 100 ms
+/// window, to tell a periodic stall (checkpoints, trims, heartbeats) from a
+/// one-off.
+pub fn lag_fields(
+    samples: &[LagSample],
+    trace: bool,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut sorted: Vec<f64> = samples.iter().map(|s| s.lag_ms).collect();
+    sorted.sort_by(f64::total_cmp);
+    let mut m = serde_json::Map::new();
+    m.insert("lag_samples".into(), sorted.len().into());
+    m.insert("lag_p50_ms".into(), percentile(&sorted, 50.0).into());
+    m.insert("lag_p99_ms".into(), percentile(&sorted, 99.0).into());
+    m.insert(
+        "lag_max_ms".into(),
+        sorted.last().copied().unwrap_or(0.0).into(),
+    );
+    if trace {
+        let mut worst: Vec<LagSample> = samples.to_vec();
+        worst.sort_by(|a, b| b.lag_ms.total_cmp(&a.lag_ms));
+        worst.truncate(20);
+        worst.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+        m.insert(
+            "lag_worst".into(),
+            worst
+                .iter()
+                .map(|s| serde_json::json!([s.at_ms.round(), s.lag_ms]))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        let windows = samples
+            .iter()
+            .map(|s| (s.at_ms / 100.0) as usize)
+            .max()
+            .unwrap_or(0);
+        let mut per = vec![0.0f64; windows + 1];
+        for s in samples {
+            let w = &mut per[(s.at_ms / 100.0) as usize];
+            *w = w.max(s.lag_ms);
+        }
+        m.insert("lag_max_per_100ms".into(), per.into());
+    }
+    m
+}
+
 /// Percentile of sorted values (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -114,5 +190,32 @@ mod tests {
         assert_eq!(super::percentile(&v, 99.0), 99.0);
         assert_eq!(super::percentile(&v, 100.0), 100.0);
         assert_eq!(super::percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn lag_trace_keeps_the_worst_samples_and_a_window_profile() {
+        use super::{LagSample, lag_fields};
+        // 100 samples over 1 s, one 80 ms stall at 450 ms.
+        let samples: Vec<LagSample> = (0..100)
+            .map(|i| LagSample {
+                at_ms: f64::from(i) * 10.0,
+                lag_ms: if i == 45 { 80.0 } else { 5.0 },
+            })
+            .collect();
+        let plain = lag_fields(&samples, false);
+        assert_eq!(plain["lag_samples"], 100);
+        assert_eq!(plain["lag_p50_ms"], 5.0);
+        assert_eq!(plain["lag_max_ms"], 80.0);
+        assert!(plain.get("lag_worst").is_none());
+        let traced = lag_fields(&samples, true);
+        let worst = traced["lag_worst"].as_array().map(Vec::len);
+        assert_eq!(worst, Some(20));
+        let windows: Vec<f64> = traced["lag_max_per_100ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        assert_eq!(windows.len(), 10);
+        assert_eq!(windows[4], 80.0);
+        assert_eq!(windows[3], 5.0);
     }
 }

@@ -7,7 +7,7 @@
 //! Must never: run as a test.
 
 use super::capture::{BenchDb, params, write_rate};
-use super::{BenchArgs, percentile};
+use super::{BenchArgs, LagSample, lag_fields};
 use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
 use crate::model::{ChangeOp, RowImage};
@@ -27,7 +27,11 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     let passive_backend = args.passive_backend.unwrap_or(args.backend);
     let dir = tempfile::tempdir()?;
     let db_a = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_a").await?;
-    let db_b = BenchDb::create(passive_backend, args.database_url.as_deref(), "repl_b").await?;
+    let passive_server = args
+        .passive_database_url
+        .as_deref()
+        .or(args.database_url.as_deref());
+    let db_b = BenchDb::create(passive_backend, passive_server, "repl_b").await?;
     let bin = std::env::current_exe().context("locating the understudy binary")?;
     let options = ClusterOptions {
         cluster: "bench".into(),
@@ -35,6 +39,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         heartbeat_ms: 500,
         lease_ms: 2500,
         failover_ms: 3000,
+        extra_replication: args.member_replication.replace("\\n", "\n"),
         ..ClusterOptions::default()
     };
     let mut cluster = LocalCluster::create(
@@ -110,15 +115,14 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     // 3. Lag at a fixed rate, observed on the passive's own database.
     eprintln!("bench: lag at {}/s for {} s", args.rate, args.seconds);
     let lags = lag_run(&mut app, &mut w, &db_b.url, args.rate, args.seconds).await?;
-    let mut sorted = lags.clone();
-    sorted.sort_by(f64::total_cmp);
     let after = (usage(&cluster, "a"), usage(&cluster, "b"));
 
     let cpu_pct = |a: u64, b: u64, secs: f64| {
         ((b.saturating_sub(a)) as f64 / 10.0 / secs * 10.0).round() / 10.0
     };
-    let doc = json!({
+    let mut doc = json!({
         "bench": "replication",
+        "system": "understudy",
         "backend": format!("{:?}", args.backend).to_lowercase(),
         "passive_backend": format!("{:?}", passive_backend).to_lowercase(),
         "ops": done,
@@ -129,10 +133,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         "replicated_ratio": (replicated_rate / source_rate * 1000.0).round() / 1000.0,
         "writer_rate_end_to_end_run": (done as f64 / write_secs).round(),
         "rate": args.rate,
-        "lag_samples": sorted.len(),
-        "lag_p50_ms": percentile(&sorted, 50.0),
-        "lag_p99_ms": percentile(&sorted, 99.0),
-        "lag_max_ms": sorted.last().copied().unwrap_or(0.0),
+        "member_replication": args.member_replication,
         "agents": {
             "active_rss_kb_idle": idle2.0.0,
             "passive_rss_kb_idle": idle2.1.0,
@@ -144,6 +145,9 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
             "passive_cpu_pct_load": cpu_pct(idle2.1.1, busy.1.1, e2e_secs),
         },
     });
+    if let Some(m) = doc.as_object_mut() {
+        m.extend(lag_fields(&lags, args.lag_trace));
+    }
     drop(cluster);
     db_a.drop_db().await;
     db_b.drop_db().await;
@@ -159,17 +163,19 @@ async fn lag_run(
     passive: &DatabaseUrl,
     rate: u64,
     seconds: u64,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<LagSample>> {
     let store = Arc::new(AnyStore::open(passive).await?);
     let mut after = store.state().await?.position.seq;
     let stop = Arc::new(AtomicBool::new(false));
     let (m_store, m_stop) = (store.clone(), stop.clone());
+    let started = Instant::now();
     let monitor = tokio::spawn(async move {
         let mut lags = Vec::new();
         let mut idle_since: Option<Instant> = None;
         loop {
             let read = m_store.read_changes(after, 10_000, 64 << 20).await?;
             let now = now_ms();
+            let at_ms = started.elapsed().as_secs_f64() * 1000.0;
             for c in &read.changes {
                 after = c.pos.seq;
                 let t = match &c.op {
@@ -178,7 +184,10 @@ async fn lag_run(
                     ChangeOp::Upsert(RowImage::Project(p)) => p.updated_at,
                     ChangeOp::Delete { .. } => continue,
                 };
-                lags.push((now - t).max(0) as f64);
+                lags.push(LagSample {
+                    at_ms,
+                    lag_ms: (now - t).max(0) as f64,
+                });
             }
             if read.changes.is_empty() {
                 if m_stop.load(Ordering::Relaxed) {
@@ -195,7 +204,6 @@ async fn lag_run(
         anyhow::Ok(lags)
     });
     let total = rate * seconds;
-    let started = Instant::now();
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
         let now = Instant::now();
