@@ -248,7 +248,11 @@ impl AppConn {
                 let (client, conn) = tokio_postgres::connect(u, tokio_postgres::NoTls)
                     .await
                     .map_err(|e| {
-                        AppError(format!("connect {}: {e}", crate::config::redact_url(u)))
+                        let detail = e
+                            .as_db_error()
+                            .map(|d| format!(": {}", d.message()))
+                            .unwrap_or_default();
+                        AppError(format!("connect {}: {e}{detail}", crate::config::redact_url(u)))
                     })?;
                 tokio::spawn(async move {
                     let _ = conn.await;

@@ -9,6 +9,7 @@
 //! create itself.
 
 pub mod capture;
+pub mod failover;
 pub mod logical;
 pub mod replication;
 pub mod snapshot;
@@ -31,6 +32,10 @@ pub enum Mode {
     /// --database-url (publisher, wal_level=logical) and
     /// --passive-database-url (subscriber).
     PgLogical,
+    /// kill -9 the active of a local 3-member SQLite cluster `--kills`
+    /// times with the default timings; detection, promotion and time until
+    /// writes succeed again (median, p99, max).
+    Failover,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,6 +84,9 @@ pub struct BenchArgs {
     pub seconds: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Failover mode: how many times the active is killed.
+    #[arg(long, default_value_t = 20)]
+    pub kills: u32,
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +98,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         Mode::Replication => replication::run(&args).await?,
         Mode::Snapshot => snapshot::run(&args).await?,
         Mode::PgLogical => logical::run(&args).await?,
+        Mode::Failover => failover::run(args.kills).await?,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
