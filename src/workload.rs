@@ -252,7 +252,10 @@ impl AppConn {
                             .as_db_error()
                             .map(|d| format!(": {}", d.message()))
                             .unwrap_or_default();
-                        AppError(format!("connect {}: {e}{detail}", crate::config::redact_url(u)))
+                        AppError(format!(
+                            "connect {}: {e}{detail}",
+                            crate::config::redact_url(u)
+                        ))
                     })?;
                 tokio::spawn(async move {
                     let _ = conn.await;

@@ -92,14 +92,18 @@ async fn the_new_active_takes_over_the_dead_members_jobs_everywhere() {
     for m in ["b", "c"] {
         let u = url(&cl, m);
         let want = winner.clone();
-        wait_until(Duration::from_secs(20), "jobs owned by the new active", || {
-            let u = u.clone();
-            let want = want.clone();
-            async move {
-                let o = owners(&u);
-                !o.is_empty() && o.iter().all(|o| o.as_deref() == Some(want.as_str()))
-            }
-        })
+        wait_until(
+            Duration::from_secs(20),
+            "jobs owned by the new active",
+            || {
+                let u = u.clone();
+                let want = want.clone();
+                async move {
+                    let o = owners(&u);
+                    !o.is_empty() && o.iter().all(|o| o.as_deref() == Some(want.as_str()))
+                }
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{m}: {e}\n{}", cl.log_tail(&winner, 20)));
     }
@@ -124,7 +128,8 @@ async fn a_static_policy_leaves_unlisted_members_jobs_alone() {
         );
     }
     assert!(
-        cl.log_tail(&winner, 60).contains("takeover policy does not list"),
+        cl.log_tail(&winner, 60)
+            .contains("takeover policy does not list"),
         "{}",
         cl.log_tail(&winner, 60)
     );
@@ -148,7 +153,11 @@ async fn hooks_run_once_per_transition_with_their_environment_and_hang_no_longer
         let mut text = std::fs::read_to_string(&p).unwrap();
         let fence = if m == "a" {
             // a's on_fence hangs: it is killed at the 300 ms timeout.
-            format!("{}; sleep 30; echo late >> {}", line("fence"), log.display())
+            format!(
+                "{}; sleep 30; echo late >> {}",
+                line("fence"),
+                log.display()
+            )
         } else {
             line("fence")
         };
@@ -170,7 +179,10 @@ async fn hooks_run_once_per_transition_with_their_environment_and_hang_no_longer
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("fence a fenced 1 a"), "{text}");
     assert!(text.contains("promote a active 1 a"), "{text}");
-    assert!(!text.contains("late"), "the hanging hook ran past its timeout: {text}");
+    assert!(
+        !text.contains("late"),
+        "the hanging hook ran past its timeout: {text}"
+    );
     let st = cl.status("a").await.unwrap();
     let hooks = st["hooks"].to_string();
     assert!(hooks.contains("\"timed_out\":true"), "{st}");
@@ -189,7 +201,11 @@ async fn hooks_run_once_per_transition_with_their_environment_and_hang_no_longer
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();

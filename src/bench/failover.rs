@@ -24,7 +24,8 @@ const MEMBERS: [&str; 3] = ["a", "b", "c"];
 async fn the_active(cl: &LocalCluster, skip: &str) -> Option<String> {
     for m in MEMBERS.iter().filter(|m| **m != skip) {
         let st = &cl.member(m).status;
-        if let Ok(r) = client::request(st, "GET", "/active", None, None, Duration::from_millis(300)).await
+        if let Ok(r) =
+            client::request(st, "GET", "/active", None, None, Duration::from_millis(300)).await
             && r.code == 200
         {
             return Some(m.to_string());
@@ -105,14 +106,18 @@ pub async fn run(kills: u32) -> Result<serde_json::Value> {
                 n += 1;
             }
         }
-        cl.wait_converged(&active, 1, Duration::from_secs(60)).await?;
+        cl.wait_converged(&active, 1, Duration::from_secs(60))
+            .await?;
         let killed = active.clone();
         let t0 = Instant::now();
         cl.kill(&killed);
         let (mut det, mut promo, mut back) = (None, None, None);
         while back.is_none() {
             if t0.elapsed() > Duration::from_secs(60) {
-                bail!("kill {k}: no member took writes within 60 s; see {}", dir.path().display());
+                bail!(
+                    "kill {k}: no member took writes within 60 s; see {}",
+                    dir.path().display()
+                );
             }
             if det.is_none() && standing(&cl, &killed).await {
                 det = Some(t0.elapsed());
@@ -140,7 +145,8 @@ pub async fn run(kills: u32) -> Result<serde_json::Value> {
         promotion.push(ms(promo));
         writes_back.push(ms(back));
         cl.start(&killed)?;
-        cl.wait_converged(&active, 1, Duration::from_secs(60)).await?;
+        cl.wait_converged(&active, 1, Duration::from_secs(60))
+            .await?;
     }
     Ok(json!({
         "mode": "failover",

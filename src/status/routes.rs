@@ -33,6 +33,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a POST waits for the controller (a switchover waits for the
 /// target to catch up).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+/// `GET /checksums` hashes whole tables: minutes on a large database.
+pub const CHECKSUM_TIMEOUT: Duration = Duration::from_secs(300);
 /// The database read behind `/history`.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -59,8 +61,11 @@ pub fn router(state: AppState) -> Router {
         .route("/passive", get(passive))
         .route("/metrics", get(metrics))
         .route("/history", get(history))
-        .route("/checksums", get(table_checksums))
         .route_layer(middleware::from_fn(request_timeout));
+    // Hashing every table takes as long as the data needs: its own limit.
+    let checksums = Router::new()
+        .route("/checksums", get(table_checksums))
+        .route_layer(middleware::from_fn(checksum_timeout));
     let actions = Router::new()
         .route("/switchover", post(switchover))
         .route("/promote", post(promote))
@@ -68,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/resume", post(resume))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     views
+        .merge(checksums)
         .merge(actions)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -117,6 +123,16 @@ async fn request_timeout(req: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
         Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request took too long"),
+    }
+}
+
+async fn checksum_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(CHECKSUM_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the checksums took too long (the database may be very large or busy)",
+        ),
     }
 }
 

@@ -12,6 +12,7 @@
 //! `schemas/sqlite/` and [`schema`]), so they hold for every writer, not only
 //! for this process.
 
+mod checkpoint;
 mod divergence;
 mod rows;
 mod schema;
@@ -185,9 +186,15 @@ impl SqliteStore {
         reader
             .execute_batch("PRAGMA query_only = ON")
             .map_err(err)?;
+        // Checkpoints run on their own thread (see `checkpoint`), never
+        // inside the writer's (the applier's) commits.
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(err)?;
+        let checkpointer = connect(&path, &url, false)?;
         let probe = connect(&path, &url, false)?;
         let waiter = wake::CommitWaiter::new(&path, probe)?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 url,
@@ -199,7 +206,9 @@ impl SqliteStore {
                 reader: Mutex::new(reader),
                 waiter,
             }),
-        })
+        };
+        checkpoint::start(checkpointer, Arc::downgrade(&store.inner));
+        Ok(store)
     }
 
     async fn blocking<T, F>(&self, f: F) -> StoreResult<T>
