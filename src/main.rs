@@ -88,6 +88,10 @@ enum Cmd {
         /// Required: says you accept the risk.
         #[arg(long)]
         force: bool,
+        /// The member to promote (found from --url's member); default: the
+        /// member at --url itself.
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         target: StatusTarget,
         #[command(flatten)]
@@ -574,6 +578,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Promote {
             force,
+            to,
             target,
             auth,
             wait_secs,
@@ -585,7 +590,14 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 );
             }
             let token = auth.resolve(&target)?;
-            let ep = target.endpoint()?;
+            let mut ep = target.endpoint()?;
+            if let Some(m) = &to {
+                understudy::config::check_member_id(m)
+                    .map_err(|r| anyhow::anyhow!("--to {m:?}: {r}"))?;
+                ep = understudy::status::cli_control::endpoint_of(&ep, m, target.timeout())
+                    .await
+                    .with_context(|| format!("cannot find member {m}"))?;
+            }
             let r = understudy::status::cli_control::promote_force(
                 &ep,
                 &token,

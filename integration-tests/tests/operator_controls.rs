@@ -328,3 +328,60 @@ fn futures_status(cl: &LocalCluster) -> String {
     .join()
     .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_can_force_a_promotion_without_a_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    cl.kill("a");
+    cl.kill("c");
+    tokio::time::sleep(Duration::from_millis(cl.options.failover_ms * 2)).await;
+    assert!(active_of(&cl).await.is_empty());
+    let out = std::process::Command::new(understudy_bin())
+        .args([
+            "promote",
+            "--force",
+            "--to",
+            "b",
+            "--url",
+            &cl.member("b").status,
+            "--token",
+            &cl.options.token,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("promoted by force"), "{said}");
+    assert_eq!(active_of(&cl).await, vec!["b".to_string()]);
+    let h = understudy::status::client::get_json(&cl.member("b").status, "/history")
+        .await
+        .unwrap();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["active"], "b");
+    assert!(last["reason"].as_str().unwrap().contains("forced"), "{h}");
+    // Writes go to b; a comes back and follows it.
+    AppConn::connect(&url(&cl, "b"))
+        .await
+        .unwrap()
+        .execute(&[AppOp::UpsertProject {
+            name: "forced".into(),
+            description: "after a forced promotion".into(),
+            config: "{}".into(),
+        }])
+        .await
+        .unwrap();
+    cl.start("a").unwrap();
+    cl.start("c").unwrap();
+    if let Err(e) = cl.wait_converged("b", 1, Duration::from_secs(60)).await {
+        dump(&cl);
+        panic!("{e}");
+    }
+    assert_eq!(cl.status("a").await.unwrap()["role"], "passive");
+}

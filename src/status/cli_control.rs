@@ -60,7 +60,7 @@ async fn post(
 }
 
 /// The status endpoint of `member`, as the member at `ep` lists it.
-async fn endpoint_of(
+pub async fn endpoint_of(
     ep: &Endpoint,
     member: &str,
     timeout: Duration,
