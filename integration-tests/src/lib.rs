@@ -116,3 +116,47 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Whether a SQLite member database takes an application write now: an
+/// insert, rolled back at once (nothing is left behind). The error is the
+/// database's refusal (the fence or lease message).
+pub fn accepts_writes(url: &DatabaseUrl) -> Result<(), String> {
+    let DatabaseUrl::Sqlite(p) = url else {
+        return Err("accepts_writes probes SQLite databases only".into());
+    };
+    let mut c = rusqlite::Connection::open(p).map_err(|e| e.to_string())?;
+    c.busy_timeout(Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    let tx = c.transaction().map_err(|e| e.to_string())?;
+    let r = tx
+        .execute(
+            "INSERT INTO projects (name, description, config) VALUES ('probe', 'rolled back', '{}')",
+            [],
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let _ = tx.rollback();
+    r
+}
+
+/// The members answering `GET /active` with 200 (more than one would break
+/// the product's promise; callers assert it).
+pub async fn actives(cl: &understudy::localcluster::LocalCluster) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in &cl.members {
+        if let Ok(r) = understudy::status::client::request(
+            &m.status,
+            "GET",
+            "/active",
+            None,
+            None,
+            Duration::from_millis(500),
+        )
+        .await
+            && r.code == 200
+        {
+            out.push(m.id.to_string());
+        }
+    }
+    out
+}

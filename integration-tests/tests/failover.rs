@@ -3,7 +3,10 @@
 //! the active by a fault proxy, and planned switchovers under a writer.
 
 use integration_tests::proxy::{FaultProxy, Mode};
-use integration_tests::{change_log, checksums, seed, understudy_bin, wait_until, write_workload};
+use integration_tests::{
+    accepts_writes, actives, change_log, checksums, seed, understudy_bin, wait_until,
+    write_workload,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
@@ -40,28 +43,6 @@ fn dump(cl: &LocalCluster) {
     for m in &cl.members {
         eprintln!("--- {} log tail:\n{}", m.id, cl.log_tail(m.id.as_str(), 40));
     }
-}
-
-/// The member answering `GET /active` with 200, if any (several would be
-/// a failure of the test's invariant, reported by the caller).
-async fn actives(cl: &LocalCluster) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in &cl.members {
-        if let Ok(r) = understudy::status::client::request(
-            &m.status,
-            "GET",
-            "/active",
-            None,
-            None,
-            Duration::from_millis(500),
-        )
-        .await
-            && r.code == 200
-        {
-            out.push(m.id.to_string());
-        }
-    }
-    out
 }
 
 async fn position_seq(cl: &LocalCluster, id: &str) -> u64 {
@@ -172,27 +153,6 @@ async fn kill_9_of_the_active_two_members_and_a_witness() {
     kill_the_active(&["a", "b"], &["w"]).await;
 }
 
-/// Try an application write on `url` and roll it back: whether the
-/// database accepts writes now, without leaving anything behind.
-fn accepts_writes(url: &DatabaseUrl) -> Result<(), String> {
-    let DatabaseUrl::Sqlite(p) = url else {
-        panic!("SQLite only here");
-    };
-    let mut c = rusqlite::Connection::open(p).map_err(|e| e.to_string())?;
-    c.busy_timeout(Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
-    let tx = c.transaction().map_err(|e| e.to_string())?;
-    let r = tx
-        .execute(
-            "INSERT INTO projects (name, description, config) VALUES ('probe', 'rolled back', '{}')",
-            [],
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    let _ = tx.rollback();
-    r
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_active_fences_itself_and_the_majority_promotes() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,18 +206,19 @@ async fn an_isolated_active_fences_itself_and_the_majority_promotes() {
         "{refused}"
     );
 
-    wait_until(
-        Duration::from_secs(20),
-        "b or c to become the active",
-        || async {
-            let now = actives(&cl).await;
-            assert!(now.len() <= 1, "two actives: {now:?}");
-            now.first().is_some_and(|m| m != "a")
-        },
-    )
-    .await
-    .unwrap();
-    let winner = actives(&cl).await.pop().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let winner = loop {
+        let now = actives(&cl).await;
+        assert!(now.len() <= 1, "two actives: {now:?}");
+        if let Some(m) = now.into_iter().find(|m| m != "a") {
+            break m;
+        }
+        if Instant::now() > deadline {
+            dump(&cl);
+            panic!("neither b nor c became the active");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(accepts_writes(&a_url).is_err(), "a is still fenced");
 
     for p in &proxies {

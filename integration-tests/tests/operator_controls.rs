@@ -2,7 +2,9 @@
 //! frozen active (zombie), a lost quorum explained in `/status`, pause and
 //! resume, and the candidate order (`no_failover`, `priority`).
 
-use integration_tests::{seed, understudy_bin, wait_until, write_workload};
+use integration_tests::{
+    accepts_writes, actives, seed, understudy_bin, wait_until, write_workload,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
@@ -51,46 +53,6 @@ async fn seed_and_converge(cl: &LocalCluster) {
     cl.wait_converged("a", 1, Duration::from_secs(60))
         .await
         .unwrap();
-}
-
-async fn active_of(cl: &LocalCluster) -> Vec<String> {
-    let mut out = Vec::new();
-    for m in &cl.members {
-        if let Ok(r) = understudy::status::client::request(
-            &m.status,
-            "GET",
-            "/active",
-            None,
-            None,
-            Duration::from_millis(500),
-        )
-        .await
-            && r.code == 200
-        {
-            out.push(m.id.to_string());
-        }
-    }
-    out
-}
-
-/// Whether `url` takes an application write now (rolled back at once).
-fn accepts_writes(url: &DatabaseUrl) -> Result<(), String> {
-    let DatabaseUrl::Sqlite(p) = url else {
-        panic!("SQLite only here");
-    };
-    let mut c = rusqlite::Connection::open(p).map_err(|e| e.to_string())?;
-    c.busy_timeout(Duration::from_secs(2))
-        .map_err(|e| e.to_string())?;
-    let tx = c.transaction().map_err(|e| e.to_string())?;
-    let r = tx
-        .execute(
-            "INSERT INTO projects (name, description, config) VALUES ('probe', 'rolled back', '{}')",
-            [],
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string());
-    let _ = tx.rollback();
-    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +154,7 @@ async fn without_a_quorum_the_survivor_says_why_and_promotes_once_one_returns() 
         panic!("{e}: {:?}", futures_status(&cl))
     });
     tokio::time::sleep(failover).await;
-    assert!(active_of(&cl).await.is_empty(), "promoted without a quorum");
+    assert!(actives(&cl).await.is_empty(), "promoted without a quorum");
     assert_ne!(cl.status("b").await.unwrap()["role"], "active");
 
     let back = Instant::now();
@@ -200,7 +162,7 @@ async fn without_a_quorum_the_survivor_says_why_and_promotes_once_one_returns() 
     wait_until(
         failover + Duration::from_secs(1) + Duration::from_millis(500),
         "a promotion",
-        || async { !active_of(&cl).await.is_empty() },
+        || async { !actives(&cl).await.is_empty() },
     )
     .await
     .unwrap_or_else(|e| {
@@ -209,7 +171,7 @@ async fn without_a_quorum_the_survivor_says_why_and_promotes_once_one_returns() 
     });
     eprintln!("promoted {:?} after c came back", back.elapsed());
     assert_eq!(
-        active_of(&cl).await,
+        actives(&cl).await,
         vec!["b".to_string()],
         "b holds the newest position"
     );
@@ -245,7 +207,7 @@ async fn a_pause_holds_off_failover_until_resumed() {
     cl.kill("a");
     let failover = Duration::from_millis(cl.options.failover_ms);
     tokio::time::sleep(failover * 3).await;
-    assert!(active_of(&cl).await.is_empty(), "promoted while paused");
+    assert!(actives(&cl).await.is_empty(), "promoted while paused");
     for m in ["b", "c"] {
         let s = cl.status(m).await.unwrap();
         assert!(
@@ -260,7 +222,7 @@ async fn a_pause_holds_off_failover_until_resumed() {
     wait_until(
         failover + Duration::from_secs(1),
         "a promotion after resume",
-        || async { !active_of(&cl).await.is_empty() },
+        || async { !actives(&cl).await.is_empty() },
     )
     .await
     .unwrap_or_else(|e| {
@@ -290,7 +252,7 @@ async fn no_failover_is_never_promoted_and_priority_breaks_ties() {
     );
     cl.kill("a");
     wait_until(Duration::from_secs(15), "a promotion", || async {
-        !active_of(&cl).await.is_empty()
+        !actives(&cl).await.is_empty()
     })
     .await
     .unwrap_or_else(|e| {
@@ -298,7 +260,7 @@ async fn no_failover_is_never_promoted_and_priority_breaks_ties() {
         panic!("{e}")
     });
     assert_eq!(
-        active_of(&cl).await,
+        actives(&cl).await,
         vec!["d".to_string()],
         "priority decides between c and d"
     );
@@ -338,7 +300,7 @@ async fn an_operator_can_force_a_promotion_without_a_quorum() {
     cl.kill("a");
     cl.kill("c");
     tokio::time::sleep(Duration::from_millis(cl.options.failover_ms * 2)).await;
-    assert!(active_of(&cl).await.is_empty());
+    assert!(actives(&cl).await.is_empty());
     let out = std::process::Command::new(understudy_bin())
         .args([
             "promote",
@@ -359,7 +321,7 @@ async fn an_operator_can_force_a_promotion_without_a_quorum() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("promoted by force"), "{said}");
-    assert_eq!(active_of(&cl).await, vec!["b".to_string()]);
+    assert_eq!(actives(&cl).await, vec!["b".to_string()]);
     let h = understudy::status::client::get_json(&cl.member("b").status, "/history")
         .await
         .unwrap();

@@ -356,17 +356,7 @@ impl Engine {
             Mode::Candidate(_) => {
                 // Standing again after a lost round: say why the last one
                 // was lost (the operator's "why is nobody active?").
-                if let Some(e) = &self.last_election
-                    && !e.won
-                    && now.saturating_sub(e.at_ms) < self.cfg.failover_timeout.saturating_mul(2)
-                {
-                    r.push(NotPromoting::NoQuorum {
-                        epoch: e.epoch,
-                        granted: e.granted.len(),
-                        needed: self.quorum,
-                        unreachable: e.unreachable.clone(),
-                    });
-                }
+                r.extend(self.recent_lost_round(now));
                 return r;
             }
             Mode::Follower => {}
@@ -383,17 +373,7 @@ impl Engine {
         {
             r.push(NotPromoting::CandidateAhead { member: m.clone() });
         }
-        if let Some(e) = &self.last_election
-            && !e.won
-            && now.saturating_sub(e.at_ms) < self.cfg.failover_timeout.saturating_mul(2)
-        {
-            r.push(NotPromoting::NoQuorum {
-                epoch: e.epoch,
-                granted: e.granted.len(),
-                needed: self.quorum,
-                unreachable: e.unreachable.clone(),
-            });
-        }
+        r.extend(self.recent_lost_round(now));
         r
     }
 
@@ -425,6 +405,20 @@ impl Engine {
 
     fn lag(&self) -> u64 {
         self.head_seen.seq.saturating_sub(self.position.seq)
+    }
+
+    /// The last election round this member lost, as a reason, while it is
+    /// recent (two failover timeouts).
+    fn recent_lost_round(&self, now: Millis) -> Option<NotPromoting> {
+        let e = self.last_election.as_ref()?;
+        (!e.won && now.saturating_sub(e.at_ms) < self.cfg.failover_timeout.saturating_mul(2)).then(
+            || NotPromoting::NoQuorum {
+                epoch: e.epoch,
+                granted: e.granted.len(),
+                needed: self.quorum,
+                unreachable: e.unreachable.clone(),
+            },
+        )
     }
 
     /// Reasons independent of timing that keep this member from standing.

@@ -1005,8 +1005,13 @@ fn a_split_vote_retries_at_a_higher_epoch() {
     assert_eq!(report.unreachable, vec![m("a")]);
     assert_eq!(
         b.not_promoting(1305),
-        vec![],
-        "standing again: nothing keeps it from promoting"
+        vec![NotPromoting::NoQuorum {
+            epoch: Epoch(2),
+            granted: 1,
+            needed: 2,
+            unreachable: vec![m("a")],
+        }],
+        "standing again, it says why the last round was lost"
     );
 }
 
