@@ -317,7 +317,15 @@ impl ControlStore for MemberControl {
         Ok(())
     }
     async fn renew_lease(&self, lease: Duration) -> Result<(), ControlStoreError> {
-        let r = ControlStore::renew_lease(&self.store, lease).await;
+        let node = &self.roles.node;
+        let r = node
+            .live
+            .watch_stall(
+                "lease renewal",
+                node.config.replication.heartbeat_interval,
+                ControlStore::renew_lease(&self.store, lease),
+            )
+            .await;
         match &r {
             Ok(()) => self.roles.node.live.database(Ok(())),
             Err(e) => self.roles.node.live.database(Err(e.to_string())),

@@ -170,7 +170,12 @@ async fn session(
                             break Err(ReplicationError::Peer("changes in the middle of a snapshot".into()));
                         }
                         let started = Instant::now();
-                        let pos = match store.apply(&b.changes, b.commit).await {
+                        let applying = store.apply(&b.changes, b.commit);
+                        let pos = match node
+                            .live
+                            .watch_stall("applying a batch", node.limits.heartbeat_interval.max(Duration::from_secs(1)), applying)
+                            .await
+                        {
                             Ok(p) => p,
                             Err(e) => break Err(e.into()),
                         };

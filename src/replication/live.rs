@@ -273,6 +273,39 @@ impl Live {
         });
     }
 
+    /// Run a database write, reporting it in `/status` (`database_ok`
+    /// false, with the reason) while it takes longer than `stall`: a
+    /// database locked by another process blocks writes but not the health
+    /// probe's reads, and would otherwise go unseen.
+    pub async fn watch_stall<T>(
+        &self,
+        what: &str,
+        stall: std::time::Duration,
+        fut: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(fut);
+        let started = Instant::now();
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep(stall) => {}
+        }
+        tracing::warn!(
+            what,
+            "a database write is stalled (locked by another process, or overloaded)"
+        );
+        self.database(Err(format!(
+            "{what} has waited over {} ms for the database (locked by another process, or overloaded)",
+            stall.as_millis()
+        )));
+        let r = fut.await;
+        tracing::info!(
+            what,
+            waited_ms = started.elapsed().as_millis() as u64,
+            "the stalled database write went through"
+        );
+        r
+    }
+
     pub fn database(&self, ok: Result<(), String>) {
         self.update(|s| match ok {
             Ok(()) => {

@@ -668,11 +668,21 @@ impl MemberStore for PgStore {
     }
 
     async fn renew_lease(&self, lease: Duration) -> StoreResult<i64> {
-        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        // The lease runs from the call: time spent before the statement
+        // started comes off here, and the statement counts from its own
+        // start (`statement_timestamp()`), not from when it won the state
+        // row's lock, so a stalled renewal never extends a lease past what
+        // the controller granted.
+        let asked = std::time::Instant::now();
+        let full = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let c = self.ctl.get().await?;
+        let waited = i64::try_from(asked.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+        let ms = full.saturating_sub(waited);
         let row = c
             .query_opt(
-                &format!("UPDATE us_state SET lease_until = {NOW_MS} + $1 WHERE id = 1 RETURNING lease_until"),
+                "UPDATE us_state SET lease_until = \
+                 (extract(epoch from statement_timestamp()) * 1000)::bigint + $1 \
+                 WHERE id = 1 RETURNING lease_until",
                 &[&ms],
             )
             .await

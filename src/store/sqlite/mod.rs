@@ -607,8 +607,15 @@ impl MemberStore for SqliteStore {
     }
 
     async fn renew_lease(&self, lease: Duration) -> StoreResult<i64> {
-        let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        // The lease runs from the call, not from the moment the write lock
+        // was won: time spent waiting for it (another process holding the
+        // database, a long apply) comes off, so a stalled renewal can never
+        // extend a lease past what the controller granted.
+        let asked = std::time::Instant::now();
+        let full = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         self.state_write("renew_lease", move |c| {
+            let waited = i64::try_from(asked.elapsed().as_millis()).unwrap_or(i64::MAX / 2);
+            let ms = full.saturating_sub(waited);
             c.query_row(
                 &format!(
                     "UPDATE us_state SET lease_until = {} + ?1 WHERE id = 1 RETURNING lease_until",
