@@ -234,15 +234,16 @@ fn writer(
                 Ok(mut app) => app.execute(&[op]).await.is_ok(),
                 Err(_) => false,
             };
-            let mut l = log.lock().unwrap();
-            l.attempts += 1;
-            if ok {
-                l.committed
-                    .insert(name, (target.clone(), t0.elapsed().as_secs_f64()));
-            } else {
-                l.refused += 1;
+            {
+                let mut l = log.lock().unwrap();
+                l.attempts += 1;
+                if ok {
+                    l.committed
+                        .insert(name, (target.clone(), t0.elapsed().as_secs_f64()));
+                } else {
+                    l.refused += 1;
+                }
             }
-            drop(l);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -510,6 +511,13 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
             .collect::<Vec<_>>()
     );
     eprintln!("role changes in the final active's history: {epochs}");
+    let mut times: Vec<f64> = wlog.committed.values().map(|(_, t)| *t).collect();
+    times.sort_by(f64::total_cmp);
+    let (gap, gap_end) = times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[1]))
+        .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+    eprintln!("longest time without a commit: {gap:.2}s (ending at {gap_end:.2}s)");
     eprintln!("quarantine sizes: {quarantine_sizes:?}");
     eprintln!(
         "write-acceptance samples: {samples}, overlaps: {}",
@@ -539,7 +547,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         missing.len(),
         missing.iter().take(20).collect::<Vec<_>>()
     );
-    assert!(differ.is_empty(), "checksums differ from {active}'s: {differ:?}");
+    assert!(
+        differ.is_empty(),
+        "checksums differ from {active}'s: {differ:?}"
+    );
     assert!(
         wlog.committed.len() > 100,
         "the writer made progress: {} commits",
@@ -571,7 +582,8 @@ fn the_schedule_is_a_function_of_the_seed() {
         }
     }
     let gaps: Vec<Duration> = plan.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    assert!(gaps
-        .iter()
-        .all(|g| *g >= Duration::from_secs(1) && *g <= Duration::from_secs(5)));
+    assert!(
+        gaps.iter()
+            .all(|g| *g >= Duration::from_secs(1) && *g <= Duration::from_secs(5))
+    );
 }
