@@ -6,7 +6,8 @@
 //!
 //! What it proves:
 //! - never two member databases accept an application write at the same
-//!   time (sampled every 50 ms with an insert that is rolled back);
+//!   time (each member's fence state read every ~5 ms, and an insert that
+//!   is rolled back tried every ~50 ms: `integration_tests::fence_watch`);
 //! - after everything heals and restarts, exactly one member is active, all
 //!   members converge on its head, and their checksums are equal;
 //! - every write the writer saw commit is on the final active, or in some
@@ -27,6 +28,7 @@
 //! Must never: leave a process behind (the cluster and the proxies are
 //! dropped on every path, panics included).
 
+use integration_tests::fence_watch::FenceWatch;
 use integration_tests::proxy::{FaultProxy, Mode};
 use integration_tests::{checksums, seed, understudy_bin};
 use std::collections::BTreeMap;
@@ -131,29 +133,6 @@ fn db_path(url: &DatabaseUrl) -> PathBuf {
     }
 }
 
-/// Whether the database at `path` takes an application write now: an
-/// insert that is rolled back at once. A lock held by someone else counts
-/// as "not now" after a short wait, so one probe round stays short.
-fn accepts_writes(path: &std::path::Path) -> bool {
-    let Ok(mut c) = rusqlite::Connection::open(path) else {
-        return false;
-    };
-    if c.busy_timeout(Duration::from_millis(100)).is_err() {
-        return false;
-    }
-    let Ok(tx) = c.transaction() else {
-        return false;
-    };
-    let ok = tx
-        .execute(
-            "INSERT INTO projects (name, description, config) VALUES ('probe', 'rolled back', '{}')",
-            [],
-        )
-        .is_ok();
-    let _ = tx.rollback();
-    ok
-}
-
 /// Members answering `GET /active` with 200.
 async fn actives(status: &[(String, String)]) -> Vec<String> {
     let mut out = Vec::new();
@@ -249,32 +228,6 @@ fn writer(
     });
 }
 
-/// Sample every 50 ms which databases accept a write; record every sample
-/// where more than one did.
-fn sampler(
-    paths: Vec<(String, PathBuf)>,
-    stop: Arc<AtomicBool>,
-    t0: Instant,
-) -> (u64, Vec<(f64, Vec<String>)>) {
-    let mut samples = 0;
-    let mut bad = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
-        let at = t0.elapsed().as_secs_f64();
-        let open: Vec<String> = paths
-            .iter()
-            .filter(|(_, p)| accepts_writes(p))
-            .map(|(m, _)| m.clone())
-            .collect();
-        samples += 1;
-        if open.len() > 1 {
-            eprintln!("!! at {at:.2}s databases of {open:?} accept writes at once");
-            bad.push((at, open));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (samples, bad)
-}
-
 fn dump(cl: &LocalCluster, lines: usize) {
     for m in &cl.members {
         eprintln!(
@@ -353,10 +306,7 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         let (status, urls, stop, wlog) = (status.clone(), urls.clone(), stop.clone(), wlog.clone());
         std::thread::spawn(move || writer(status, urls, stop, wlog, t0))
     };
-    let sampler_thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || sampler(paths, stop, t0))
-    };
+    let fences = FenceWatch::start(paths, t0);
 
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     for (at, fault) in &plan {
@@ -412,7 +362,8 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     writer_thread.join().unwrap();
-    let (samples, overlaps) = sampler_thread.join().unwrap();
+    let fences = fences.finish();
+    let overlaps = fences.overlaps;
     let wlog = std::mem::take(&mut *wlog.lock().unwrap());
 
     let Some(mut active) = final_active else {
@@ -520,7 +471,9 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     eprintln!("longest time without a commit: {gap:.2}s (ending at {gap_end:.2}s)");
     eprintln!("quarantine sizes: {quarantine_sizes:?}");
     eprintln!(
-        "write-acceptance samples: {samples}, overlaps: {}",
+        "fence samples: {} state-row rounds, {} insert-probe rounds, overlaps: {}",
+        fences.reads,
+        fences.probes,
         overlaps.len()
     );
     eprintln!(
