@@ -23,7 +23,7 @@ use integration_tests::fence_watch::FenceWatch;
 use integration_tests::pg::{self, PgServer, StopMode};
 use integration_tests::{checksums, seed, understudy_bin, wait_until};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -470,7 +470,11 @@ async fn postgres_stopping_under_the_agents_is_reported_and_survived() {
 /// for 1.5 s as an application queued behind the lock would, trying inserts
 /// (each rolled back); it returns when, in ms after the release, the
 /// database accepted one.
-fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<Vec<u128>> {
+fn hold_write_lock(
+    path: &Path,
+    hold: Duration,
+    others: Vec<(String, PathBuf)>,
+) -> std::thread::JoinHandle<Vec<String>> {
     let path = path.to_path_buf();
     let (tx, rx) = std::sync::mpsc::channel();
     let t = std::thread::spawn(move || {
@@ -492,7 +496,36 @@ fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<Vec<u
                     )
                     .is_ok()
                 {
-                    accepted.push(released.elapsed().as_millis());
+                    // Who else was writable at that instant (read while this
+                    // insert still holds the lock, so the state cannot move
+                    // on under the comparison on this side).
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let also: Vec<String> = others
+                        .iter()
+                        .filter_map(|(m, p)| {
+                            let c = rusqlite::Connection::open(p).ok()?;
+                            let (role, epoch, lease): (String, i64, Option<i64>) = c
+                                .query_row(
+                                    "SELECT role, epoch, lease_until FROM us_state WHERE id = 1",
+                                    [],
+                                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                                )
+                                .ok()?;
+                            (role == "active" && lease.is_none_or(|l| l >= now_ms))
+                                .then(|| format!("{m} (epoch {epoch})"))
+                        })
+                        .collect();
+                    accepted.push(format!(
+                        "+{}ms{}",
+                        released.elapsed().as_millis(),
+                        if also.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" while {} was writable too", also.join(", "))
+                        }
+                    ));
                 }
                 let _ = tx.rollback();
             }
@@ -544,7 +577,7 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
         .iter()
         .map(|m| (m.id.to_string(), m.status.clone()))
         .collect();
-    let paths: Vec<(String, std::path::PathBuf)> = cl
+    let paths: Vec<(String, PathBuf)> = cl
         .members
         .iter()
         .map(|m| match m.database.clone().unwrap() {
@@ -566,6 +599,7 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
     .unwrap();
 
     let mut unreported = Vec::new();
+    let mut late_overlaps = Vec::new();
     for which in ["active", "passive"] {
         let now = actives(&status).await;
         let [active] = now.as_slice() else {
@@ -587,7 +621,12 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
             t0.elapsed().as_secs_f64()
         );
         let locked = Instant::now();
-        let holder = hold_write_lock(path, Duration::from_secs(3));
+        let others: Vec<(String, PathBuf)> = paths
+            .iter()
+            .filter(|(m, _)| *m != target)
+            .cloned()
+            .collect();
+        let holder = hold_write_lock(path, Duration::from_secs(3), others);
         let mut watch = LockWatch::default();
         while locked.elapsed() < Duration::from_millis(4600) {
             if let Ok(s) = cl.status(&target).await {
@@ -617,6 +656,11 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
             "{target} accepted {} application inserts in the 1.5 s after the release (ms after it: {:?})",
             late.len(),
             late.iter().take(20).collect::<Vec<_>>()
+        );
+        late_overlaps.extend(
+            late.iter()
+                .filter(|l| l.contains("writable too"))
+                .map(|l| format!("{target} accepted an insert {l}")),
         );
         eprintln!(
             "--- {target}'s log after the lock:\n{}",
@@ -655,7 +699,8 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
         "fence samples: {} state-row rounds, {} insert-probe rounds",
         fences.reads, fences.probes
     );
-    let overlaps = fences.overlaps;
+    let mut overlaps = fences.overlaps;
+    overlaps.extend(late_overlaps);
     check_nothing_lost(&cl, &committed).await;
     for (m, pid) in &pids {
         assert!(alive(*pid), "{m}'s agent exited");
