@@ -6,9 +6,14 @@
 //!   `/health`, the SQLite member stays healthy, no agent exits, and once the
 //!   server is back they recover on their own and the cluster converges.
 //! - Another process holds SQLite's write lock (`BEGIN IMMEDIATE`, ~3 s) on
-//!   the active's database and then on a passive's: no agent exits, never two
-//!   databases accept writes at once (`integration_tests::fence_watch`), and
-//!   everything converges afterwards.
+//!   the active's database and then on a passive's: the stall shows in
+//!   `/status` while it lasts, no agent exits, never two databases accept
+//!   writes at once (`integration_tests::fence_watch`, plus inserts tried by
+//!   an application queued behind the lock, judged against the other
+//!   members' fence state at that instant), and everything converges
+//!   afterwards. The active's lease renewal waits for the lock like any
+//!   writer, and when it finally runs it must not hand the deposed active a
+//!   fresh lease while another member is active.
 //!
 //! In both: every write the writer saw commit is on the final active or in a
 //! member's divergence quarantine, and all checksums are equal.
