@@ -5,6 +5,7 @@
 //! Must never: rely on a server or process started by hand; leave a process
 //! running (clusters kill theirs on drop).
 
+pub mod fence_watch;
 pub mod pg;
 pub mod proxy;
 pub mod tools;
