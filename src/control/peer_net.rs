@@ -135,7 +135,9 @@ impl PeerNet for TlsPeerNet {
 
 async fn dial_loop(p: DialParams, peer: MemberId, addr: String, queue: Arc<PeerQueue>) {
     let mut shutdown = p.shutdown.clone();
-    let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Capped at 1 s: after a partition heals, the controller must hear its
+    // peers again well within failover_timeout (a control dial is cheap).
+    let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         if *shutdown.borrow() {
             return;
