@@ -161,3 +161,23 @@ pub async fn actives(cl: &understudy::localcluster::LocalCluster) -> Vec<String>
     }
     out
 }
+
+/// Execute `ops` in one application transaction on `url`, retrying for up
+/// to 30 s while the member refuses (an active that has not yet regained
+/// its lease after a start, a failover under way).
+pub async fn execute_retrying(url: &DatabaseUrl, ops: &[AppOp]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = match AppConn::connect(url).await {
+            Ok(mut app) => app.execute(ops).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("a write kept failing for 30 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

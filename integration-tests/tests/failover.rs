@@ -57,8 +57,9 @@ async fn seed_data(cl: &LocalCluster, active: &str, ops: u64, s: u64) {
         .unwrap();
     let u = url(cl, active);
     let mut w = Workload::new(seed(s));
-    let mut app = AppConn::connect(&u).await.unwrap();
-    app.execute(&w.setup()).await.unwrap();
+    integration_tests::execute_retrying(&u, &w.setup())
+        .await
+        .unwrap();
     write_workload(&u, &mut w, ops, 5).await.unwrap();
 }
 

@@ -47,8 +47,9 @@ async fn seed_and_converge(cl: &LocalCluster) {
     cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let u = url(cl, "a");
     let mut w = Workload::new(seed(61));
-    let mut app = AppConn::connect(&u).await.unwrap();
-    app.execute(&w.setup()).await.unwrap();
+    integration_tests::execute_retrying(&u, &w.setup())
+        .await
+        .unwrap();
     write_workload(&u, &mut w, 100, 5).await.unwrap();
     cl.wait_converged("a", 1, Duration::from_secs(60))
         .await

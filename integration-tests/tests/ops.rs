@@ -67,13 +67,17 @@ async fn seed_data(cl: &LocalCluster, ops: u64) {
     cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let a = url(cl, "a");
     let mut w = Workload::new(seed(7));
-    let mut app = AppConn::connect(&a).await.unwrap();
-    app.execute(&w.setup()).await.unwrap();
-    app.execute(&[AppOp::UpsertKey {
-        path: "keys/ops/secret".into(),
-        kind: "password",
-        content: Secret(KEY_CONTENT.to_vec()),
-    }])
+    integration_tests::execute_retrying(&a, &w.setup())
+        .await
+        .unwrap();
+    integration_tests::execute_retrying(
+        &a,
+        &[AppOp::UpsertKey {
+            path: "keys/ops/secret".into(),
+            kind: "password",
+            content: Secret(KEY_CONTENT.to_vec()),
+        }],
+    )
     .await
     .unwrap();
     write_workload(&a, &mut w, ops, 5).await.unwrap();

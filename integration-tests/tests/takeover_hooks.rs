@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 use understudy::config::DatabaseUrl;
 use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
-use understudy::workload::{AppConn, Workload};
+use understudy::workload::Workload;
 
 fn create(dir: &Path, extra_top: &str) -> LocalCluster {
     let specs: Vec<MemberSpec> = ["a", "b", "c"]
@@ -54,10 +54,7 @@ async fn fail_over_with_jobs_of_a(cl: &mut LocalCluster) -> String {
     cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
     let u = url(cl, "a");
     let mut w = Workload::new(seed(71)).with_owner("a");
-    AppConn::connect(&u)
-        .await
-        .unwrap()
-        .execute(&w.setup())
+    integration_tests::execute_retrying(&u, &w.setup())
         .await
         .unwrap();
     write_workload(&u, &mut w, 200, 5).await.unwrap();

@@ -40,10 +40,16 @@ pub async fn follow(
         let target = active
             .filter(|a| *a != node.member)
             .and_then(|a| node.config.peer(&a).map(|p| (a, p.address.clone())));
+        // A stop must not wait for a connection attempt to a member that
+        // is cut off (the TLS handshake's own limit is 5 s): becoming the
+        // active waits for this task to end. A half-applied batch is rolled
+        // back below either way.
+        let mut stop = shutdown.clone();
         let result = match target {
-            Some((active, addr)) => {
-                session(&node, &tls, store.as_ref(), &active, &addr, &mut shutdown).await
-            }
+            Some((active, addr)) => tokio::select! {
+                r = session(&node, &tls, store.as_ref(), &active, &addr, &mut shutdown) => r,
+                _ = stop.wait_for(|s| *s) => Ok(()),
+            },
             None => Err(ReplicationError::Peer(
                 "no known active member with a replication address".into(),
             )),
