@@ -172,7 +172,10 @@ async fn verify(cfg: &Config, tl: &Timeline, when: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("checksums: {}", line.trim().replace('\n', "; ")))
+        // The findings follow the per-member table: keep just those.
+        let lines: Vec<&str> = line.trim().lines().collect();
+        let findings = lines[lines.len().saturating_sub(3)..].join("; ");
+        Err(format!("checksums: {findings}"))
     }
 }
 
@@ -230,10 +233,13 @@ async fn switchover_inner(
             .filter(|(m, s)| {
                 m.as_str() != old && s.as_ref().is_some_and(|s| s["role"] == "passive")
             })
-            .max_by_key(|(_, s)| {
-                s.as_ref()
+            // Equally up to date: the first by name, for repeatable drills.
+            .max_by_key(|(m, s)| {
+                let seq = s
+                    .as_ref()
                     .and_then(|s| s["position"]["seq"].as_u64())
-                    .unwrap_or(0)
+                    .unwrap_or(0);
+                (seq, std::cmp::Reverse((*m).clone()))
             })
             .map(|(m, _)| m.clone())
             .ok_or_else(|| "no passive member to switch over to".to_string())?,
