@@ -150,12 +150,12 @@ fn svg(r: &Report) -> String {
     let plot = WIDTH - LEFT - 10.0;
     let x = |t: u64| LEFT + (t as f64 / end) * plot;
     let members = &r.setup.members;
-    let top = 34.0;
+    let top = 48.0;
     let lanes_end = top + members.len() as f64 * LANE;
     let writes_mid = lanes_end + 40.0;
     let lag_top = writes_mid + 44.0;
     let lag_h = 60.0;
-    let height = lag_top + lag_h + 30.0;
+    let height = lag_top + lag_h + 42.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -171,10 +171,12 @@ fn svg(r: &Report) -> String {
         let fill = if i % 2 == 0 { "#f4f6fb" } else { "#fbf7f0" };
         let _ = writeln!(
             s,
-            "<rect x=\"{x0:.1}\" y=\"14\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\"/><text x=\"{:.1}\" y=\"26\" font-weight=\"bold\" class=\"scenario\">{} ({})</text>",
+            "<rect x=\"{x0:.1}\" y=\"14\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{fill}\"/><text x=\"{:.1}\" y=\"{}\" font-weight=\"bold\" class=\"scenario\">{} ({})</text>",
             (x1 - x0).max(1.0),
             height - 34.0,
             x0 + 4.0,
+            // Short scenarios side by side: alternate rows so names do not overlap.
+            if i % 2 == 0 { 26 } else { 40 },
             esc(&sc.name),
             sc.verdict
         );
@@ -331,7 +333,7 @@ fn svg(r: &Report) -> String {
             esc(&e.detail)
         );
         if e.kind != "detected" {
-            let ly = lag_top + lag_h + 12.0 + (label_row % 2) as f64 * 11.0;
+            let ly = lag_top + lag_h + 12.0 + (label_row % 3) as f64 * 11.0;
             label_row += 1;
             let _ = writeln!(
                 s,
