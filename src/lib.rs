@@ -8,6 +8,7 @@ pub mod certs;
 pub mod config;
 pub mod control;
 pub mod divergence;
+pub mod drill;
 pub mod hooks;
 pub mod localcluster;
 pub mod model;

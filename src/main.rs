@@ -144,6 +144,12 @@ enum Cmd {
     },
     /// Replication throughput and lag benchmarks.
     Bench(understudy::bench::BenchArgs),
+    /// Failover drill: on a throw-away local cluster (default) kill,
+    /// partition and switch over the active under a writer and measure
+    /// detection, promotion, unavailability, lost and divergent changes and
+    /// checksums; against a real cluster (--cluster) a switchover and back.
+    /// Exit code 0 only on a pass.
+    Drill(understudy::drill::DrillArgs),
     /// Changes quarantined as divergent (a former active's tail, late
     /// writes past the fence): list, export for recovery, mark resolved.
     Divergence {
@@ -498,6 +504,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(args) => understudy::bench::run(args).await,
+        Cmd::Drill(args) => Ok(understudy::drill::run(args).await?),
         Cmd::Divergence { cmd } => {
             use understudy::divergence::Action;
             let (config, action) = match cmd {
