@@ -121,6 +121,31 @@ fn local_drill_passes_on_sqlite_with_three_members_and_its_html_report_renders()
     // The switchover lost nothing and divergent changes only come from
     // the killed or cut-off active's tail.
     assert_eq!(r["scenarios"][0]["divergent_changes"], 0);
+    // The cluster's own history lists every transition of the drill, in
+    // order, with its reason: the initial active, the switchover, the two
+    // failovers (a passive's death changes no role).
+    let h = r["history"]["history"]
+        .as_array()
+        .expect("history in the report");
+    let reasons: Vec<&str> = h.iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(reasons[0], "initial", "{reasons:?}");
+    assert!(reasons[1].starts_with("switchover from "), "{reasons:?}");
+    assert!(reasons[2].starts_with("failover from "), "{reasons:?}");
+    assert!(reasons[3].starts_with("failover from "), "{reasons:?}");
+    let epochs: Vec<u64> = h.iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    // Each entry's "from" is the previous entry's active.
+    for w in h.windows(2) {
+        let from = w[0]["active"].as_str().unwrap();
+        assert!(
+            w[1]["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("from {from}")),
+            "{h:?}"
+        );
+    }
     render_html(dir.path(), &r);
 }
 

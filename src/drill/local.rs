@@ -177,15 +177,17 @@ pub async fn run(args: &DrillArgs) -> Result<Report, DrillError> {
             kept.display()
         );
     }
-    let (results, general) = outcome?;
-    Ok(Report::new(
+    let (results, general, history) = outcome?;
+    let mut report = Report::new(
         setup,
         started_at_ms,
         tl.now_ms(),
         results,
         general,
         tl.recorded(),
-    ))
+    );
+    report.history = history;
+    Ok(report)
 }
 
 /// Build the cluster, run the scenarios, tear everything down (the
@@ -198,7 +200,7 @@ async fn drive(
     dir: &std::path::Path,
     specs: &[MemberSpec],
     options: ClusterOptions,
-) -> Result<(Vec<ScenarioResult>, Vec<String>), DrillError> {
+) -> Result<(Vec<ScenarioResult>, Vec<String>, serde_json::Value), DrillError> {
     let mut cl = LocalCluster::create(dir, bin, specs, options)?;
     let relays = if scenarios.contains(&Scenario::PartitionActive) {
         relay_links(&cl).await?
@@ -282,6 +284,17 @@ async fn drive(
             who.join(" and ")
         ));
     }
+    // The role changes as the cluster recorded them (the longest history
+    // any member holds: every member keeps the active's).
+    let mut history = serde_json::Value::Null;
+    for m in &d.cl.members {
+        if let Ok(h) = crate::status::client::get_json(&m.status, "/history").await
+            && h["history"].as_array().map_or(0, Vec::len)
+                > history["history"].as_array().map_or(0, Vec::len)
+        {
+            history = h;
+        }
+    }
     progress(
         tl,
         format!(
@@ -289,7 +302,7 @@ async fn drive(
             d.writer.total_committed()
         ),
     );
-    Ok((results, general))
+    Ok((results, general, history))
 }
 
 /// Route every member's peer connections through a relay of their own, so

@@ -121,6 +121,9 @@ pub struct Report {
     pub reasons: Vec<String>,
     pub events: Vec<super::timeline::Event>,
     pub series: Series,
+    /// The cluster's own record of the role changes (`GET /history` of the
+    /// member holding the longest one), for comparison with the events.
+    pub history: serde_json::Value,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -158,6 +161,7 @@ impl Report {
                 lag: rec.lag,
                 writes: rec.writes,
             },
+            history: serde_json::Value::Null,
         }
     }
 
