@@ -278,6 +278,25 @@ fn local_drill_passes_on_postgres() {
     let r = report(dir.path());
     assert_eq!(r["setup"]["backend"], "postgres");
     assert_passed(&r, &ALL);
+
+    // Two members and a witness on PostgreSQL too.
+    let dir = tempfile::tempdir().unwrap();
+    let out = drill(
+        &[
+            "--backend",
+            "postgres",
+            "--members",
+            "2",
+            "--witness",
+            "--report",
+            dir.path().to_str().unwrap(),
+        ],
+        &[("DATABASE_URL", &server)],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let r = report(dir.path());
+    assert_eq!(r["setup"]["members"], serde_json::json!(["a", "b", "w"]));
+    assert_passed(&r, &ALL);
 }
 
 #[test]
