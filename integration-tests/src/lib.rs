@@ -143,20 +143,24 @@ pub fn accepts_writes(url: &DatabaseUrl) -> Result<(), String> {
 /// The members answering `GET /active` with 200 (more than one would break
 /// the product's promise; callers assert it).
 pub async fn actives(cl: &understudy::localcluster::LocalCluster) -> Vec<String> {
+    let status: Vec<(String, String)> = cl
+        .members
+        .iter()
+        .map(|m| (m.id.to_string(), m.status.clone()))
+        .collect();
+    actives_at(&status, Duration::from_millis(500)).await
+}
+
+/// The same from `(member, status address)` pairs (for loops that run
+/// without the cluster at hand), each asked with `timeout`.
+pub async fn actives_at(status: &[(String, String)], timeout: Duration) -> Vec<String> {
     let mut out = Vec::new();
-    for m in &cl.members {
-        if let Ok(r) = understudy::status::client::request(
-            &m.status,
-            "GET",
-            "/active",
-            None,
-            None,
-            Duration::from_millis(500),
-        )
-        .await
+    for (id, addr) in status {
+        if let Ok(r) =
+            understudy::status::client::request(addr, "GET", "/active", None, None, timeout).await
             && r.code == 200
         {
-            out.push(m.id.to_string());
+            out.push(id.clone());
         }
     }
     out

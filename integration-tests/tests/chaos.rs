@@ -133,27 +133,6 @@ fn db_path(url: &DatabaseUrl) -> PathBuf {
     }
 }
 
-/// Members answering `GET /active` with 200.
-async fn actives(status: &[(String, String)]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (id, addr) in status {
-        if let Ok(r) = understudy::status::client::request(
-            addr,
-            "GET",
-            "/active",
-            None,
-            None,
-            Duration::from_millis(300),
-        )
-        .await
-            && r.code == 200
-        {
-            out.push(id.clone());
-        }
-    }
-    out
-}
-
 /// What the writer saw.
 #[derive(Default)]
 struct WriterLog {
@@ -184,7 +163,7 @@ fn writer(
     rt.block_on(async move {
         let mut n = 0u64;
         while !stop.load(Ordering::SeqCst) {
-            let now = actives(&status).await;
+            let now = integration_tests::actives_at(&status, Duration::from_millis(300)).await;
             if now.len() > 1 {
                 log.lock()
                     .unwrap()
@@ -353,7 +332,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     let settle = Instant::now();
     let mut final_active = None;
     while settle.elapsed() < Duration::from_secs(60) {
-        if let [one] = actives(&status).await.as_slice() {
+        if let [one] = integration_tests::actives_at(&status, Duration::from_millis(300))
+            .await
+            .as_slice()
+        {
             final_active = Some(one.clone());
             break;
         }
@@ -378,7 +360,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         panic!("{e}");
     }
     // A last look: the active must not have changed under the wait.
-    match actives(&status).await.as_slice() {
+    match integration_tests::actives_at(&status, Duration::from_millis(300))
+        .await
+        .as_slice()
+    {
         [one] => active = one.clone(),
         other => {
             dump(&cl, 80);

@@ -40,26 +40,6 @@ use understudy::workload::{AppConn, AppOp};
 
 const PREFIX: &str = "dbf-";
 
-async fn actives(status: &[(String, String)]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (id, addr) in status {
-        if let Ok(r) = understudy::status::client::request(
-            addr,
-            "GET",
-            "/active",
-            None,
-            None,
-            Duration::from_millis(300),
-        )
-        .await
-            && r.code == 200
-        {
-            out.push(id.clone());
-        }
-    }
-    out
-}
-
 async fn health_code(addr: &str) -> Option<u16> {
     understudy::status::client::request(addr, "GET", "/health", None, None, Duration::from_secs(2))
         .await
@@ -102,7 +82,9 @@ impl Writer {
                 rt.block_on(async move {
                     let mut n = 0u64;
                     while !stop.load(Ordering::SeqCst) {
-                        let now = actives(&status).await;
+                        let now =
+                            integration_tests::actives_at(&status, Duration::from_millis(300))
+                                .await;
                         let [target] = now.as_slice() else {
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             continue;
@@ -214,7 +196,10 @@ async fn check_nothing_lost(cl: &LocalCluster, committed: &Committed) {
     let mut active = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while active.is_none() && Instant::now() < deadline {
-        if let [one] = actives(&status).await.as_slice() {
+        if let [one] = integration_tests::actives_at(&status, Duration::from_millis(300))
+            .await
+            .as_slice()
+        {
             active = Some(one.clone());
         } else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -606,7 +591,7 @@ async fn a_held_sqlite_write_lock_on_the_active_and_a_passive_loses_nothing() {
     let mut unreported = Vec::new();
     let mut late_overlaps = Vec::new();
     for which in ["active", "passive"] {
-        let now = actives(&status).await;
+        let now = integration_tests::actives_at(&status, Duration::from_millis(300)).await;
         let [active] = now.as_slice() else {
             dump(&cl);
             panic!("not one active before locking the {which}: {now:?}");

@@ -37,14 +37,9 @@ impl Stoppable {
         F: FnOnce(watch::Receiver<bool>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (stop, rx) = watch::channel(*shutdown.borrow());
-        let relay = stop.clone();
         let mut global = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = global.wait_for(|s| *s) => { let _ = relay.send(true); }
-                _ = relay.closed() => {}
-            }
+        let (stop, rx) = crate::replication::stop_signal(async move {
+            let _ = global.wait_for(|s| *s).await;
         });
         Stoppable {
             stop,

@@ -109,3 +109,23 @@ impl NodeCtx {
         self.epoch.store(e.0, Ordering::Relaxed);
     }
 }
+
+/// A stop signal that becomes true once `when` completes (or at once, when
+/// set through the returned sender). The watching task ends when every
+/// receiver is gone, so short-lived sessions leave nothing behind.
+pub fn stop_signal(
+    when: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let relay = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = when => { let _ = relay.send(true); }
+            _ = relay.closed() => {}
+        }
+    });
+    (tx, rx)
+}

@@ -204,17 +204,13 @@ fn stop_when_not_shipping(
     mut shipping: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
+    crate::replication::stop_signal(async move {
         tokio::select! {
             _ = shipping.wait_for(|on| !*on) => {}
             _ = shutdown.wait_for(|s| *s) => {}
-            // The session ended first and dropped its receiver.
-            _ = tx.closed() => return,
         }
-        let _ = tx.send(true);
-    });
-    rx
+    })
+    .1
 }
 
 /// Tell the peer why it is refused, log it, and end the connection.
