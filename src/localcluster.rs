@@ -339,8 +339,6 @@ impl LocalCluster {
         }
     }
 
-    /// Wait until every member with a database reports the same position as
-    /// the active's head, and that head is at least `min_seq`.
     /// Wait until `id` answers `GET /active` with 200 (the active regains
     /// its lease once a majority answers after a start).
     pub async fn wait_active(&self, id: &str, timeout: Duration) -> Result<(), ClusterError> {
@@ -356,33 +354,78 @@ impl LocalCluster {
         .await
     }
 
+    /// Wait until every member with a database reports the same position as
+    /// the active's head, and that head is at least `min_seq`. On timeout
+    /// the error names what each member last reported, so a stuck passive
+    /// is visible in the failure itself.
     pub async fn wait_converged(
         &self,
         active: &str,
         min_seq: u64,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
-        self.wait_until(
-            timeout,
-            "all passives to reach the active's head",
-            || async {
-                let Ok(a) = self.status(active).await else {
-                    return false;
-                };
-                let head = a["position"]["seq"].as_u64().unwrap_or(0);
-                if head < min_seq {
-                    return false;
-                }
-                for m in self.members.iter().filter(|m| !m.is_witness()) {
-                    match self.status(m.id.as_str()).await {
-                        Ok(s) if s["position"]["seq"].as_u64() == Some(head) => {}
-                        _ => return false,
+        let last_seen = std::sync::Mutex::new(String::new());
+        let result = self
+            .wait_until(
+                timeout,
+                "all passives to reach the active's head",
+                || async {
+                    let mut seen = Vec::new();
+                    let mut head = None;
+                    if let Ok(a) = self.status(active).await {
+                        head = a["position"]["seq"].as_u64();
                     }
+                    let mut all_at_head = head.is_some_and(|h| h >= min_seq);
+                    for m in self.members.iter().filter(|m| !m.is_witness()) {
+                        match self.status(m.id.as_str()).await {
+                            Ok(s) => {
+                                let seq = s["position"]["seq"].as_u64();
+                                all_at_head &= seq.is_some() && seq == head;
+                                seen.push(format!(
+                                    "{}: {} seq {}",
+                                    m.id,
+                                    s["role"].as_str().unwrap_or("?"),
+                                    seq.map_or("?".to_string(), |q| q.to_string())
+                                ));
+                            }
+                            Err(e) => {
+                                all_at_head = false;
+                                seen.push(format!("{}: no status ({e})", m.id));
+                            }
+                        }
+                    }
+                    if let Ok(mut l) = last_seen.lock() {
+                        *l = seen.join(", ");
+                    }
+                    all_at_head
+                },
+            )
+            .await;
+        result.map_err(|e| match e {
+            ClusterError::Timeout { what, secs } => {
+                let tails: Vec<String> = self
+                    .members
+                    .iter()
+                    .filter(|m| !m.is_witness())
+                    .map(|m| {
+                        format!(
+                            "--- {} log tail:\n{}",
+                            m.id,
+                            self.log_tail(m.id.as_str(), 15)
+                        )
+                    })
+                    .collect();
+                ClusterError::Timeout {
+                    what: format!(
+                        "{what} ({active}'s head; last seen: {})\n{}",
+                        last_seen.lock().map(|l| l.clone()).unwrap_or_default(),
+                        tails.join("\n")
+                    ),
+                    secs,
                 }
-                true
-            },
-        )
-        .await
+            }
+            other => other,
+        })
     }
 
     /// The tail of a member's log, for failure messages.

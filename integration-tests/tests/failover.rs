@@ -396,20 +396,32 @@ async fn switchovers_under_a_writer(mut cl: LocalCluster, n: usize) {
     );
     let expected: std::collections::BTreeSet<&str> =
         w.committed.iter().map(String::as_str).collect();
+    let mut missing = Vec::new();
     for m in ["a", "b", "c"] {
         let log = change_log(&url(&cl, m)).await.unwrap();
-        let names: std::collections::BTreeSet<String> =
+        let names: std::collections::BTreeMap<String, String> =
             log.iter()
                 .filter_map(|c| match &c.op {
                     understudy::model::ChangeOp::Upsert(understudy::model::RowImage::Project(
                         p,
-                    )) if p.name.starts_with("sw-") => Some(p.name.clone()),
+                    )) if p.name.starts_with("sw-") => Some((p.name.clone(), c.pos.to_string())),
                     _ => None,
                 })
                 .collect();
         for n in &expected {
-            assert!(names.contains(*n), "{m} lacks the committed write {n}");
+            if !names.contains_key(*n) {
+                missing.push(format!("{m} lacks the committed write {n}"));
+            }
         }
+        if m == "a" {
+            eprintln!("a's sw- changes: {names:?}");
+        }
+    }
+    if !missing.is_empty() {
+        for m in ["a", "b", "c"] {
+            eprintln!("--- {m} log tail:\n{}", cl.log_tail(m, 200));
+        }
+        panic!("{}", missing.join("\n"));
     }
     let h = understudy::status::client::get_json(&cl.member(&last).status, "/history")
         .await

@@ -895,6 +895,75 @@ async fn sqlite_and_postgres_replay_each_other_with_equal_checksums() {
     );
 }
 
+/// A fence waits for the application transactions that passed the fence
+/// check before it, so what they commit is in the head the fence reports (a
+/// switchover hands over exactly that head); one left open longer does not
+/// hold the fence past its bound, and is logged after the head.
+#[tokio::test]
+async fn a_fence_waits_for_writes_that_passed_it() {
+    use understudy::model::{Epoch, Role};
+    let (db, s) = fresh("fence_drain", "a").await;
+    let s = Arc::new(s);
+    let app = app_client(&db.url).await.expect("app connection");
+    app.batch_execute(
+        "BEGIN; INSERT INTO projects(name, description, config) VALUES ('in-flight', 'd', '{}')",
+    )
+    .await
+    .expect("write before the fence");
+    let fence = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.set_role(Role::Fenced, Epoch(1), Some(&MemberId::new("a")))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !fence.is_finished(),
+        "the fence returned while a write that passed it was still open"
+    );
+    let late = app_client(&db.url).await.expect("second app connection");
+    app.batch_execute("COMMIT")
+        .await
+        .expect("the in-flight write commits");
+    tokio::time::timeout(Duration::from_secs(2), fence)
+        .await
+        .expect("the fence returns once the write ended")
+        .expect("task")
+        .expect("fence");
+    let err = late
+        .batch_execute(
+            "INSERT INTO projects(name, description, config) VALUES ('after', 'd', '{}')",
+        )
+        .await
+        .expect_err("a write after the fence is refused");
+    assert!(app_error(&err).contains("fenced"), "{}", app_error(&err));
+    let head = s.state().await.expect("state").position;
+    assert_eq!(head, Position::new(1, 1), "the in-flight write is the head");
+
+    // Unfence, open a write, fence again and never end the write: the
+    // fence gives up waiting after its bound.
+    s.set_role(Role::Active, Epoch(1), Some(&MemberId::new("a")))
+        .await
+        .expect("unfence");
+    s.renew_lease(Duration::from_secs(60)).await.expect("lease");
+    app.batch_execute(
+        "BEGIN; INSERT INTO projects(name, description, config) VALUES ('stuck', 'd', '{}')",
+    )
+    .await
+    .expect("second write before the fence");
+    let started = std::time::Instant::now();
+    s.set_role(Role::Fenced, Epoch(1), Some(&MemberId::new("a")))
+        .await
+        .expect("fence with a stuck writer");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(10),
+        "the fence waited {took:?} for a writer that never ends (bound 2 s)"
+    );
+    app.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
 /// A write that passed the fence before a role change and committed after
 /// it is quarantined by the sequencer with seq 0 (it never had a place in
 /// the log); it lists with its image (key content intact), counts and
@@ -909,9 +978,9 @@ async fn late_staged_rows_list_as_divergent() {
     )
     .await
     .expect("write before the fence");
-    s.set_role(Role::Fenced, Epoch(2), Some(&MemberId::new("b")))
+    s.set_role(Role::Passive, Epoch(2), Some(&MemberId::new("b")))
         .await
-        .expect("fence");
+        .expect("follow b");
     app.batch_execute("COMMIT")
         .await
         .expect("commit after the fence");
@@ -931,7 +1000,7 @@ async fn late_staged_rows_list_as_divergent() {
         }
         other => panic!("expected the key upsert, got {other:?}"),
     }
-    assert!(q[0].reason.contains("fenced"), "{}", q[0].reason);
+    assert!(q[0].reason.contains("passive"), "{}", q[0].reason);
     assert_eq!(s.divergent_count().await.expect("count"), 1);
     assert_eq!(s.resolve_divergence(None).await.expect("resolve"), 1);
     assert_eq!(s.divergent_count().await.expect("count"), 0);

@@ -120,6 +120,39 @@ impl PgStore {
         c.execute(sql, params).await.map_err(|e| self.err(&e))
     }
 
+    /// After a fence committed: wait until every application transaction
+    /// that passed the fence check before it has ended (schema 3: each write
+    /// statement holds the shared fence lock to the end of its transaction),
+    /// so what they commit is staged before the head is read. Bounded by
+    /// [`FENCE_DRAIN`]: a transaction still open then is logged past the
+    /// head when it commits, and a member that follows another active
+    /// quarantines it (never lost silently). Returns whether it drained.
+    ///
+    /// A connection of its own: the shared control connection may carry
+    /// other statements meanwhile, which must not run inside this
+    /// transaction.
+    async fn drain_writers(&self) -> StoreResult<bool> {
+        let c = conn::connect(&self.url).await?;
+        let sql = format!(
+            "BEGIN; SET LOCAL lock_timeout = '{}ms'; \
+             SELECT pg_advisory_xact_lock({FENCE_LOCK}); COMMIT",
+            FENCE_DRAIN.as_millis()
+        );
+        match c.batch_execute(&sql).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(
+                    waited_ms = FENCE_DRAIN.as_millis() as u64,
+                    "fenced, but application transactions that began before the fence are \
+                     still open; what they commit lands after the head this fence reports \
+                     (a member following another active quarantines it)"
+                );
+                Ok(false)
+            }
+            Err(e) => Err(self.err(&e)),
+        }
+    }
+
     /// Update the single state row; a missing row means `init` never ran.
     async fn update_state(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<()> {
         match self.ctl_execute(sql, params).await? {
@@ -332,6 +365,15 @@ fn decode_change(r: &Row, base: usize) -> StoreResult<Change> {
 /// waits for exactly them). On a member following another active they
 /// cannot be its own epoch's changes: they go to the quarantine.
 const OWN_LOG: &str = "(role = 'active' OR (role = 'fenced' AND active = member))";
+
+/// The advisory lock application writers share while their transaction is
+/// open (schema 3, `us_fence`) and a fence takes exclusively to wait for
+/// them: "usfence" + 1.
+const FENCE_LOCK: i64 = 0x7573_6665_6e63_6501;
+
+/// How long a fence waits for application transactions that passed the
+/// fence check before it (see [`PgStore::drain_writers`]).
+const FENCE_DRAIN: Duration = Duration::from_secs(2);
 
 /// The sequencer's one round trip (see [`MemberStore::sequence`]): lock the
 /// state row, then move every committed staged row into the change log.
@@ -664,7 +706,11 @@ impl MemberStore for PgStore {
              WHERE id = 1",
             &[&role.as_str(), &e, &active.map(MemberId::as_str)],
         )
-        .await
+        .await?;
+        if role == Role::Fenced {
+            self.drain_writers().await?;
+        }
+        Ok(())
     }
 
     async fn renew_lease(&self, lease: Duration) -> StoreResult<i64> {

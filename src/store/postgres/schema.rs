@@ -32,10 +32,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_capture",
         sql: include_str!("../../../schemas/postgres/0002_capture.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_fence_drain",
+        sql: include_str!("../../../schemas/postgres/0003_fence_drain.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 /// Columns of the application tables (operator contract), as
 /// `information_schema.columns.data_type` spells their types.
