@@ -348,3 +348,149 @@ async fn an_operator_can_force_a_promotion_without_a_quorum() {
     }
     assert_eq!(cl.status("a").await.unwrap()["role"], "passive");
 }
+
+/// Hold SQLite's write lock on a member's database, as another process
+/// would, until dropped: its applier cannot commit, its agent goes on
+/// answering heartbeats.
+fn hold_write_lock(cl: &LocalCluster, id: &str) -> rusqlite::Connection {
+    let DatabaseUrl::Sqlite(path) = url(cl, id) else {
+        panic!("{id} is not on SQLite");
+    };
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    c
+}
+
+fn seq(v: &serde_json::Value) -> u64 {
+    v["seq"].as_u64().unwrap()
+}
+
+/// Both passives fall behind (their databases are locked) while the active
+/// goes on writing and announcing its head; the active dies. Nobody is
+/// promoted automatically, `/status` says the lag gate blocks every
+/// candidate and how many changes are at risk; `promote --force --to` the
+/// best of them accepts the loss explicitly and is recorded as forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way_out() {
+    const MAX_LAG: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<MemberSpec> = ["a", "b", "c"]
+        .iter()
+        .map(|m| MemberSpec {
+            id: m.to_string(),
+            database: Some(DatabaseUrl::Sqlite(dir.path().join(format!("{m}.db")))),
+        })
+        .collect();
+    let options = ClusterOptions {
+        extra_replication: format!("max_failover_lag_changes = {MAX_LAG}"),
+        ..ClusterOptions::default()
+    };
+    let mut cl = LocalCluster::create(dir.path(), &understudy_bin(), &specs, options)
+        .expect("cluster files");
+    cl.init_all().expect("init");
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+
+    let locks = [hold_write_lock(&cl, "b"), hold_write_lock(&cl, "c")];
+    let u = url(&cl, "a");
+    let mut w = Workload::new(seed(62));
+    write_workload(&u, &mut w, 60, 3).await.unwrap();
+    let head = seq(&cl.status("a").await.unwrap()["position"]);
+    // The head reaches the passives' controllers (heartbeats) though not
+    // their databases: each sees itself lagging by exactly the difference.
+    for m in ["b", "c"] {
+        wait_until(
+            Duration::from_secs(10),
+            "the passive to see its lag",
+            || async {
+                cl.status(m).await.is_ok_and(|s| {
+                    let behind = head - seq(&s["position"]);
+                    s["failover"]["not_promoting"].as_array().is_some_and(|r| {
+                        r.iter().any(|r| {
+                            r["reason"] == "lagging" && r["behind"].as_u64() == Some(behind)
+                        })
+                    })
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            dump(&cl);
+            panic!("{e}: {}", futures_status(&cl))
+        });
+    }
+    let positions: Vec<u64> = [
+        seq(&cl.status("b").await.unwrap()["position"]),
+        seq(&cl.status("c").await.unwrap()["position"]),
+    ]
+    .to_vec();
+    let best_seq = *positions.iter().max().unwrap();
+    assert!(
+        head - best_seq > MAX_LAG,
+        "the passives fell far enough behind"
+    );
+    let best = if positions[0] >= positions[1] {
+        "b"
+    } else {
+        "c"
+    };
+
+    cl.kill("a");
+    let failover = Duration::from_millis(cl.options.failover_ms);
+    for m in ["b", "c"] {
+        wait_until(
+            failover + Duration::from_secs(5),
+            "the status to say the gate blocks every candidate",
+            || async {
+                cl.status(m).await.is_ok_and(|s| {
+                    s["failover"]["not_promoting"].as_array().is_some_and(|r| {
+                        r.iter().any(|r| {
+                            r["reason"] == "lag_gate_blocks_all"
+                                && r["changes_at_risk"].as_u64() == Some(head - best_seq)
+                                && r["best"] == best
+                                && seq(&r["announced"]) == head
+                                && r["max"].as_u64() == Some(MAX_LAG)
+                        })
+                    })
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            dump(&cl);
+            panic!("{e}: {}", futures_status(&cl))
+        });
+    }
+    // Their databases free again, the passives still cannot catch up (the
+    // changes were only on a): long past failover_timeout nobody promoted.
+    drop(locks);
+    tokio::time::sleep(failover * 2).await;
+    assert!(actives(&cl).await.is_empty(), "promoted past the lag gate");
+
+    let out = std::process::Command::new(understudy_bin())
+        .args([
+            "promote",
+            "--force",
+            "--to",
+            best,
+            "--url",
+            &cl.member(best).status,
+            "--token",
+            &cl.options.token,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(actives(&cl).await, vec![best.to_string()]);
+    let h = understudy::status::client::get_json(&cl.member(best).status, "/history")
+        .await
+        .unwrap();
+    let last = h["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["active"], best);
+    assert!(last["reason"].as_str().unwrap().contains("forced"), "{h}");
+}

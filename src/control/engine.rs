@@ -11,7 +11,7 @@
 use super::actions::{Action, CommandRefusal, Hook, Notice, PromotionReason, SwitchoverFailure};
 use super::election::{Candidacy, Rank, Seen};
 use super::events::{Command, Event, Message, VoteRefusal};
-use super::lease::Acks;
+use super::lease::{Acks, Announced};
 use super::status::{ElectionReport, NotPromoting, PeerStatus, Status};
 use super::{ControlError, EngineConfig, Millis, PersistedState};
 use crate::model::{Epoch, MemberId, Position, Role};
@@ -47,6 +47,11 @@ pub struct Engine {
     election_at: Millis,
     /// Newest head announced by the active of the current epoch.
     head_seen: Position,
+    /// Newest head an active said a majority had heard of (the failover lag
+    /// gate's reference, here and when this member votes).
+    announced_seen: Position,
+    /// The data members' positions as the active last reported them.
+    known_positions: BTreeMap<MemberId, Position>,
     /// Newest commit point announced by any active.
     commit_seen: Position,
     /// Newest epoch seen anywhere (vote requests and refusals included);
@@ -91,6 +96,8 @@ struct Leadership {
     switchover: Option<Switchover>,
     /// Jobs still to take over once the fence is first lifted.
     pending_takeover: Option<Option<MemberId>>,
+    /// Which of the heads sent in heartbeats a majority has heard of.
+    announced: Announced,
 }
 
 #[derive(Debug)]
@@ -136,6 +143,8 @@ impl Engine {
             heard_from: None,
             election_at: now.saturating_add(cfg.failover_timeout),
             head_seen: persisted.position,
+            announced_seen: persisted.position,
+            known_positions: BTreeMap::new(),
             commit_seen: Position::ZERO,
             highest_term: persisted.epoch,
             best_seen: None,
@@ -164,6 +173,7 @@ impl Engine {
                 commit: Position::ZERO,
                 switchover: None,
                 pending_takeover: None,
+                announced: Announced::default(),
             }));
         }
         if persisted.role == Role::Active {
@@ -367,6 +377,8 @@ impl Engine {
                 active: self.heard_from.clone(),
                 ms_ago: since,
             });
+        } else {
+            r.extend(self.lag_gate_blocks_all());
         }
         if let Some((m, until)) = &self.deferred
             && now < *until
@@ -403,8 +415,43 @@ impl Engine {
             .saturating_add(self.jitter);
     }
 
+    /// Changes behind the newest head the active announced to a majority.
     fn lag(&self) -> u64 {
-        self.head_seen.seq.saturating_sub(self.position.seq)
+        self.announced_seen.seq.saturating_sub(self.position.seq)
+    }
+
+    /// While the active is gone: whether the lag gate holds back every data
+    /// member this one knows the position of (the active that went away
+    /// aside), and by how much the best of them is behind. `None` while any
+    /// candidate's position is unknown or one is within the gate.
+    fn lag_gate_blocks_all(&self) -> Option<NotPromoting> {
+        if self.witness {
+            return None;
+        }
+        let max = self.cfg.max_failover_lag;
+        let mut best: Option<(MemberId, Position)> = None;
+        for v in self.cfg.voters.iter().filter(|v| !v.witness) {
+            if self.active.as_ref() == Some(&v.id) && v.id != self.cfg.me {
+                continue;
+            }
+            let p = if v.id == self.cfg.me {
+                self.position
+            } else {
+                *self.known_positions.get(&v.id)?
+            };
+            if best.as_ref().is_none_or(|(_, b)| p > *b) {
+                best = Some((v.id.clone(), p));
+            }
+        }
+        let (best, best_position) = best?;
+        let changes_at_risk = self.announced_seen.seq.saturating_sub(best_position.seq);
+        (changes_at_risk > max).then_some(NotPromoting::LagGateBlocksAll {
+            announced: self.announced_seen,
+            best,
+            best_position,
+            changes_at_risk,
+            max,
+        })
     }
 
     /// The last election round this member lost, as a reason, while it is
@@ -557,18 +604,12 @@ impl Engine {
                 until: l.lease_until,
             });
         }
-        let commit = l.commit;
-        let paused = self.paused;
+        l.announced.sent(now, head);
+        let msg = heartbeat(l, epoch, now, head, self.paused, &self.cfg.me);
         for to in others {
             out.push(Action::Send {
                 to,
-                msg: Message::Heartbeat {
-                    epoch,
-                    sent_at: now,
-                    head,
-                    commit,
-                    paused,
-                },
+                msg: msg.clone(),
             });
         }
         // A single-voter cluster is its own majority.
@@ -590,6 +631,7 @@ impl Engine {
         let Some(basis) = l.acks.basis(&me, l.last_sent, quorum) else {
             return;
         };
+        l.announced.heard_by_majority(basis);
         let until = basis.saturating_add(lease_timeout);
         if until <= now {
             return;
@@ -667,11 +709,21 @@ impl Engine {
                 head,
                 commit,
                 paused,
+                announced,
+                positions,
             } => {
                 let current = epoch >= self.term();
                 self.on_heartbeat(from.clone(), epoch, sent_at, head, commit, out);
                 if current && self.active.as_ref() == Some(&from) {
                     self.set_paused(paused, out);
+                    // Positions order by epoch first: a newer epoch's
+                    // announcement replaces an older epoch's.
+                    self.announced_seen = self.announced_seen.max(announced);
+                    for (m, p) in positions {
+                        if self.cfg.voter(&m).is_some_and(|v| !v.witness) {
+                            self.known_positions.insert(m, p);
+                        }
+                    }
                 }
             }
             Message::SetPaused { paused } => self.set_paused(paused, out),
@@ -962,6 +1014,19 @@ impl Engine {
             ));
             return;
         }
+        // The lag gate, judged by what this voter knows a majority heard of:
+        // any majority that could elect the candidate includes a voter that
+        // heard of the newest announced head, so a candidate that lost more
+        // than the gate allows cannot win. A handover carries the exact head.
+        let max = self.cfg.max_failover_lag;
+        if !transfer && rank.position.seq.saturating_add(max) < self.announced_seen.seq {
+            let r = VoteRefusal::Lagging {
+                announced: self.announced_seen,
+                max,
+            };
+            out.push(self.refuse(from, epoch, sent_at, pre, r));
+            return;
+        }
         if !transfer {
             if let Some(b) = &self.best_seen
                 && b.rank.member != from
@@ -1088,6 +1153,11 @@ impl Engine {
             }
             _ => None,
         };
+        if let VoteRefusal::Lagging { announced, .. } = &r {
+            // The voter knows of a newer announced head: this member's own
+            // gate now holds it back too (and says so in its status).
+            self.announced_seen = self.announced_seen.max(*announced);
+        }
         if c.grants.get(&from).is_none() {
             c.refusals.insert(from, r);
         }
@@ -1282,6 +1352,7 @@ impl Engine {
             commit: self.commit_seen,
             switchover: None,
             pending_takeover: Some(c.previous),
+            announced: Announced::default(),
         }));
         // The grants are the first lease: each voter answered the request sent
         // at `started` and will not vote again for failover_timeout. If the
@@ -1387,21 +1458,18 @@ impl Engine {
             commit: self.commit_seen,
             switchover: None,
             pending_takeover: None,
+            announced: Announced::default(),
         }));
         // The RenewLease above already covers this heartbeat round.
         let others = self.others();
         if let Mode::Leader(l) = &mut self.mode {
             l.next_heartbeat = now.saturating_add(self.cfg.heartbeat_interval);
+            l.announced.sent(now, self.position);
+            let msg = heartbeat(l, epoch, now, self.position, self.paused, &self.cfg.me);
             for to in others {
                 out.push(Action::Send {
                     to,
-                    msg: Message::Heartbeat {
-                        epoch,
-                        sent_at: now,
-                        head: self.position,
-                        commit: l.commit,
-                        paused: self.paused,
-                    },
+                    msg: msg.clone(),
                 });
             }
         }
@@ -1520,5 +1588,32 @@ impl Engine {
             },
             resumed,
         }));
+    }
+}
+
+/// The heartbeat the active of `epoch` sends at `now`.
+fn heartbeat(
+    l: &Leadership,
+    epoch: Epoch,
+    now: Millis,
+    head: Position,
+    paused: bool,
+    me: &MemberId,
+) -> Message {
+    let mut positions: Vec<(MemberId, Position)> = l
+        .acks
+        .positions()
+        .filter(|(m, _)| *m != me)
+        .map(|(m, p)| (m.clone(), p))
+        .collect();
+    positions.push((me.clone(), head));
+    Message::Heartbeat {
+        epoch,
+        sent_at: now,
+        head,
+        commit: l.commit,
+        paused,
+        announced: l.announced.head(),
+        positions,
     }
 }

@@ -65,6 +65,14 @@ pub enum Message {
         /// active's flag, so a member that missed a pause or resume (it was
         /// down, or cut off) learns it from the next heartbeat.
         paused: bool,
+        /// The newest head this active knows a majority heard of: the head
+        /// of the newest heartbeat a majority (itself included) answered.
+        /// The failover lag gate counts from it.
+        announced: Position,
+        /// The data members' acknowledged positions (the active's own head
+        /// included), so that once the active is gone every member can tell
+        /// whether any candidate is within the lag gate.
+        positions: Vec<(MemberId, Position)>,
     },
     /// An operator paused or resumed automatic failover on the sender; every
     /// member adopts it (best effort; heartbeats repair what is missed).
@@ -135,4 +143,8 @@ pub enum VoteRefusal {
     BetterCandidate { member: MemberId },
     /// The voter is the active of its epoch and holds its lease.
     IAmActive,
+    /// The candidate is more than `max` changes behind `announced`, the
+    /// newest head the voter knows the active announced to a majority (the
+    /// failover lag gate; `understudy promote --force` overrides it).
+    Lagging { announced: Position, max: u64 },
 }

@@ -1,11 +1,12 @@
 //! The active's lease and commit point, computed from acknowledgements.
 //!
-//! Owns: the quorum arithmetic over "who answered which message when".
+//! Owns: the quorum arithmetic over "who answered which message when",
+//! and which announced head a majority has heard of.
 //! Must never: read a clock (times are the sender's own `sent_at` stamps).
 
 use super::Millis;
 use crate::model::{Epoch, MemberId, Position};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// What one voter last acknowledged to the active of the current epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +39,13 @@ impl Acks {
 
     pub fn get(&self, id: &MemberId) -> Option<&Ack> {
         self.by_voter.get(id)
+    }
+
+    /// The positions acknowledged so far (data voters only).
+    pub fn positions(&self) -> impl Iterator<Item = (&MemberId, Position)> {
+        self.by_voter
+            .iter()
+            .filter_map(|(m, a)| a.position.map(|p| (m, p)))
     }
 
     pub fn len(&self) -> usize {
@@ -82,6 +90,46 @@ impl Acks {
         p.sort_unstable_by(|a, b| b.cmp(a));
         let c = *p.get(quorum.checked_sub(1)?)?;
         (c.epoch == epoch.0).then_some(c)
+    }
+}
+
+/// The heads carried by recent heartbeats, to tell which of them a majority
+/// has heard of: the failover lag gate counts from that head, "the head the
+/// active last announced to a majority".
+#[derive(Debug, Default)]
+pub(crate) struct Announced {
+    /// (send time, head) of heartbeats not yet known to have reached a
+    /// majority, oldest first; bounded, so a long-lost majority costs
+    /// nothing but the oldest entries.
+    sent: VecDeque<(Millis, Position)>,
+    head: Position,
+}
+
+impl Announced {
+    const KEEP: usize = 256;
+
+    pub fn sent(&mut self, at: Millis, head: Position) {
+        self.sent.push_back((at, head));
+        if self.sent.len() > Self::KEEP {
+            self.sent.pop_front();
+        }
+    }
+
+    /// A majority has answered heartbeats sent at `basis` or later (see
+    /// [`Acks::basis`]). Heads only grow, so every head sent up to `basis`
+    /// has been heard of by that majority.
+    pub fn heard_by_majority(&mut self, basis: Millis) {
+        while let Some(&(at, head)) = self.sent.front() {
+            if at > basis {
+                break;
+            }
+            self.head = self.head.max(head);
+            self.sent.pop_front();
+        }
+    }
+
+    pub fn head(&self) -> Position {
+        self.head
     }
 }
 

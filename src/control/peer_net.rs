@@ -331,6 +331,8 @@ mod tests {
             head: Position::new(1, n),
             commit: Position::ZERO,
             paused: false,
+            announced: Position::ZERO,
+            positions: Vec::new(),
         }
     }
 

@@ -54,8 +54,21 @@ pub enum NotPromoting {
     Paused,
     /// The member is tagged `no_failover`.
     NoFailover,
-    /// Further behind the newest head it saw than `max_failover_lag`.
+    /// Further than `max_failover_lag` behind the newest head the active
+    /// announced to a majority.
     Lagging { behind: u64, max: u64 },
+    /// The lag gate blocks every candidate: even the most up-to-date data
+    /// member this one knows of (`best`, at `best_position`) is more than
+    /// `max` changes behind `announced`. Promoting anyone loses
+    /// `changes_at_risk` changes; `understudy promote --force --to <best>`
+    /// accepts that explicitly.
+    LagGateBlocksAll {
+        announced: Position,
+        best: MemberId,
+        best_position: Position,
+        changes_at_risk: u64,
+        max: u64,
+    },
     /// The active is alive: heard from `ms_ago` ago (< failover_timeout).
     ActiveAlive {
         active: Option<MemberId>,

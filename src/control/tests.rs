@@ -78,6 +78,28 @@ fn hb(epoch: u64, sent_at: Millis, head: Position) -> Message {
         head,
         commit: Position::ZERO,
         paused: false,
+        announced: Position::ZERO,
+        positions: Vec::new(),
+    }
+}
+
+/// A heartbeat that says which head a majority heard of and the data
+/// members' positions.
+fn hb_announced(
+    epoch: u64,
+    sent_at: Millis,
+    head: Position,
+    announced: Position,
+    positions: &[(&str, Position)],
+) -> Message {
+    Message::Heartbeat {
+        epoch: Epoch(epoch),
+        sent_at,
+        head,
+        commit: Position::ZERO,
+        paused: false,
+        announced,
+        positions: positions.iter().map(|(m_, p_)| (m(m_), *p_)).collect(),
     }
 }
 
@@ -142,11 +164,39 @@ fn heartbeats(epoch: u64, sent_at: Millis, head: Position, to: &[&str]) -> Vec<A
     heartbeats_c(epoch, sent_at, head, Position::ZERO, to)
 }
 
+/// The heartbeats the active sends to `to` when no data member has
+/// acknowledged a position yet and no head is known to a majority: the
+/// sender (the voter missing from `to`) reports only its own head.
 fn heartbeats_c(
     epoch: u64,
     sent_at: Millis,
     head: Position,
     commit: Position,
+    to: &[&str],
+) -> Vec<Action> {
+    let sender = ["a", "b", "c", "d"]
+        .into_iter()
+        .find(|v| !to.contains(v))
+        .expect("a sender");
+    heartbeats_full(
+        epoch,
+        sent_at,
+        head,
+        commit,
+        Position::ZERO,
+        &[(sender, head)],
+        to,
+    )
+}
+
+/// The heartbeats the active sends to `to`, every field given.
+fn heartbeats_full(
+    epoch: u64,
+    sent_at: Millis,
+    head: Position,
+    commit: Position,
+    announced: Position,
+    positions: &[(&str, Position)],
     to: &[&str],
 ) -> Vec<Action> {
     to.iter()
@@ -157,6 +207,8 @@ fn heartbeats_c(
                 head,
                 commit,
                 paused: false,
+                announced,
+                positions: positions.iter().map(|(m_, p_)| (m(m_), *p_)).collect(),
             };
             send(t, msg)
         })
@@ -500,7 +552,17 @@ fn priority_breaks_ties_and_the_less_preferred_candidate_backs_off() {
 fn lease_loss_fences_and_a_majority_lifts_the_fence_again() {
     let mut a = active_a(p(1, 30));
     // b acknowledged 1/30 at start-up: a majority holds it.
-    let hbs = |t| heartbeats_c(1, t, p(1, 30), p(1, 30), &["b", "c"]);
+    let hbs = |t| {
+        heartbeats_full(
+            1,
+            t,
+            p(1, 30),
+            p(1, 30),
+            p(1, 30),
+            &[("b", p(1, 30)), ("a", p(1, 30))],
+            &["b", "c"],
+        )
+    };
     assert_eq!(a.step(100, tick()), hbs(100));
     // Nobody answers: the lease (from the heartbeat sent at 0) ends at 500.
     a.step(200, tick());
@@ -638,7 +700,15 @@ fn switchover_waits_for_the_exact_head_then_hands_over() {
     assert_eq!(a.step(12, Event::FenceApplied { head: p(1, 31) }), vec![]);
     assert_eq!(
         a.step(100, tick()),
-        heartbeats_c(1, 100, p(1, 31), p(1, 30), &["b", "c"])
+        heartbeats_full(
+            1,
+            100,
+            p(1, 31),
+            p(1, 30),
+            p(1, 30),
+            &[("b", p(1, 30)), ("a", p(1, 31))],
+            &["b", "c"]
+        )
     );
     assert_eq!(
         a.step(110, recv("b", ack(1, 100, p(1, 30)))),
@@ -851,7 +921,10 @@ fn no_failover_and_auto_failover_off_never_stand_but_still_vote() {
 #[test]
 fn a_lagging_passive_does_not_stand_but_force_promote_works() {
     let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
-    b.step(10, recv("a", hb(1, 10, p(1, 500))));
+    b.step(
+        10,
+        recv("a", hb_announced(1, 10, p(1, 510), p(1, 500), &[])),
+    );
     assert_eq!(b.step(5000, tick()), vec![]);
     assert_eq!(
         b.not_promoting(5000),
@@ -931,6 +1004,8 @@ fn a_witness_votes_acks_without_a_position_and_never_stands() {
                     head: p(1, 50),
                     commit: p(1, 40),
                     paused: false,
+                    announced: p(1, 40),
+                    positions: Vec::new(),
                 }
             )
         ),
@@ -1213,5 +1288,163 @@ fn a_voter_that_still_heard_the_active_is_asked_again() {
     assert!(
         out.contains(&send("c", prv(2, "b", p(1, 10), 2000))),
         "{out:?}"
+    );
+}
+
+#[test]
+fn the_active_announces_the_head_a_majority_heard_of() {
+    let mut a = active_a(p(1, 30));
+    a.step(50, Event::Position { position: p(1, 40) });
+    // Sent with head 1/40; only 1/30 (answered at start-up) is known to a
+    // majority so far.
+    assert_eq!(
+        a.step(100, tick()),
+        heartbeats_full(
+            1,
+            100,
+            p(1, 40),
+            p(1, 30),
+            p(1, 30),
+            &[("b", p(1, 30)), ("a", p(1, 40))],
+            &["b", "c"]
+        )
+    );
+    a.step(110, recv("c", ack(1, 100, p(1, 35))));
+    a.step(150, Event::Position { position: p(1, 45) });
+    // c answered the heartbeat that carried 1/40: with a, a majority.
+    assert_eq!(
+        a.step(200, tick()),
+        heartbeats_full(
+            1,
+            200,
+            p(1, 45),
+            p(1, 35),
+            p(1, 40),
+            &[("b", p(1, 30)), ("c", p(1, 35)), ("a", p(1, 45))],
+            &["b", "c"]
+        )
+    );
+}
+
+#[test]
+fn a_voter_refuses_a_candidate_beyond_the_lag_gate_and_the_candidate_learns_why() {
+    // c heard that a majority knew of 1/500; b, at 1/10, is 490 behind.
+    let mut c = start(cfg("c"), passive(1, "a", p(1, 500)), 0);
+    c.step(
+        10,
+        recv("a", hb_announced(1, 10, p(1, 500), p(1, 500), &[])),
+    );
+    let lagging = VoteRefusal::Lagging {
+        announced: p(1, 500),
+        max: 100,
+    };
+    assert_eq!(
+        c.step(5000, recv("b", rv(2, "b", p(1, 10), 5000))),
+        vec![send("b", refused(2, 5000, 1, lagging.clone()))],
+        "the lag gate holds on the voter's side too"
+    );
+    // b never heard the announcement (it was cut off), stands, and learns
+    // from the refusal.
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    let asked = (0..5000)
+        .step_by(50)
+        .flat_map(|t| b.step(t, tick()))
+        .find_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message::RequestVote {
+                        epoch,
+                        sent_at,
+                        pre,
+                        ..
+                    },
+                ..
+            } => Some((epoch, sent_at, pre)),
+            _ => None,
+        });
+    let (epoch, sent_at, pre) = asked.expect("b stands: it knows of no newer head");
+    assert!(
+        b.not_promoting(5000).is_empty(),
+        "{:?}",
+        b.not_promoting(5000)
+    );
+    b.step(
+        5001,
+        recv("c", reply(epoch.0, sent_at, 1, Some(lagging), pre)),
+    );
+    assert!(
+        b.not_promoting(5001).contains(&NotPromoting::Lagging {
+            behind: 490,
+            max: 100
+        }),
+        "{:?}",
+        b.not_promoting(5001)
+    );
+}
+
+#[test]
+fn when_the_lag_gate_blocks_every_candidate_the_status_says_what_is_at_risk() {
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    b.step(
+        10,
+        recv(
+            "a",
+            hb_announced(
+                1,
+                10,
+                p(1, 500),
+                p(1, 480),
+                &[("b", p(1, 10)), ("c", p(1, 20)), ("a", p(1, 500))],
+            ),
+        ),
+    );
+    // While a is heard from, only b's own lag.
+    assert_eq!(
+        b.not_promoting(100),
+        vec![
+            NotPromoting::Lagging {
+                behind: 470,
+                max: 100
+            },
+            NotPromoting::ActiveAlive {
+                active: Some(m("a")),
+                ms_ago: 90
+            }
+        ]
+    );
+    // a is gone: nobody is within the gate; c, the best, would lose 460.
+    assert_eq!(b.step(5000, tick()), vec![]);
+    assert_eq!(
+        b.not_promoting(5000),
+        vec![
+            NotPromoting::Lagging {
+                behind: 470,
+                max: 100
+            },
+            NotPromoting::LagGateBlocksAll {
+                announced: p(1, 480),
+                best: m("c"),
+                best_position: p(1, 20),
+                changes_at_risk: 460,
+                max: 100
+            }
+        ]
+    );
+    // With c within the gate, there is a candidate: nothing more to say.
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    b.step(
+        10,
+        recv(
+            "a",
+            hb_announced(1, 10, p(1, 500), p(1, 480), &[("c", p(1, 400))]),
+        ),
+    );
+    b.step(5000, tick());
+    assert_eq!(
+        b.not_promoting(5000),
+        vec![NotPromoting::Lagging {
+            behind: 470,
+            max: 100
+        }]
     );
 }

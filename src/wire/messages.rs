@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages' encoding; peers with another
 /// version are refused in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The first message each way: who is speaking and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
