@@ -551,3 +551,71 @@ async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_a
     .await
     .unwrap();
 }
+
+/// The crash window between a rejoin's quarantine and its snapshot: the
+/// member's log is rewound but its tables still hold what the tail changed.
+/// An agent stopped right there asks for the snapshot when it starts again
+/// (the quarantine recorded it as owed), so its rows end identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_stopped_between_quarantine_and_snapshot_takes_the_snapshot_on_restart() {
+    use understudy::model::Position;
+    use understudy::store::{AnyStore, MemberStore};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &specs(dir.path(), &["a", "b", "c"], &[]));
+    cl.start_all().unwrap();
+    seed_data(&cl, "a", 100, 71).await;
+    cl.wait_converged("a", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    cl.kill("c");
+    let c_url = url(&cl, "c");
+    let DatabaseUrl::Sqlite(c_path) = &c_url else {
+        unreachable!("SQLite members")
+    };
+    // A row only c's divergent tail wrote (through the apply flag, as the
+    // agent would), then the quarantine of its last 3 changes: exactly
+    // what the rejoin path commits before it asks for the snapshot.
+    let db = rusqlite::Connection::open(c_path).unwrap();
+    db.execute_batch(
+        "UPDATE us_state SET applying = 1;
+         INSERT INTO projects (name, description, config, updated_at)
+             VALUES ('only-on-c', 'from a divergent tail', '{}', 1);
+         UPDATE us_state SET applying = 0;",
+    )
+    .unwrap();
+    drop(db);
+    let store = AnyStore::open(&c_url).await.unwrap();
+    let head = store.state().await.unwrap().position;
+    let keep = Position::new(head.epoch, head.seq - 3);
+    assert_eq!(
+        store
+            .quarantine_tail(keep, "diverged history")
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(store.state().await.unwrap().snapshot_due);
+    drop(store);
+
+    cl.start("c").unwrap();
+    if let Err(e) = cl
+        .wait_converged("a", head.seq, Duration::from_secs(60))
+        .await
+    {
+        dump(&cl);
+        panic!("{e}");
+    }
+    wait_until(Duration::from_secs(20), "c's rows to match a's", || async {
+        checksums(&c_url).await.ok() == checksums(&url(&cl, "a")).await.ok()
+    })
+    .await
+    .unwrap_or_else(|e| {
+        dump(&cl);
+        panic!("{e}")
+    });
+    let log = std::fs::read_to_string(&cl.member("c").log).unwrap();
+    assert!(log.contains("snapshot installed"), "c took no snapshot");
+    let store = AnyStore::open(&c_url).await.unwrap();
+    assert!(!store.state().await.unwrap().snapshot_due, "paid");
+    assert_eq!(store.divergent_count().await.unwrap(), 3);
+}

@@ -85,9 +85,15 @@ async fn session(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ReplicationError> {
     let store: Option<&AnyStore> = store_arc.map(|s| s.as_ref());
-    let position = match store {
-        Some(s) => s.state().await?.position,
-        None => Position::ZERO,
+    // A snapshot is owed after a quarantine (persisted with it, so an agent
+    // stopped before the snapshot still asks for it) or after a rejoin that
+    // could not quarantine.
+    let (position, snapshot_due) = match store {
+        Some(s) => {
+            let st = s.state().await?;
+            (st.position, st.snapshot_due)
+        }
+        None => (Position::ZERO, false),
     };
     let my_role = if store.is_some() {
         Role::Passive
@@ -106,9 +112,10 @@ async fn session(
             role: my_role,
             epoch: node.epoch(),
             position,
-            want_snapshot: node
-                .needs_snapshot
-                .load(std::sync::atomic::Ordering::SeqCst),
+            want_snapshot: snapshot_due
+                || node
+                    .needs_snapshot
+                    .load(std::sync::atomic::Ordering::SeqCst),
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {

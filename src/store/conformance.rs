@@ -1049,6 +1049,14 @@ pub async fn snapshot_installs_whole_and_continues<B: Backend>(b: &B) {
     .await
     .expect("apply");
     let before = p.checksums().await.expect("checksums");
+    // As after a rejoin: the stale change quarantined, a snapshot owed.
+    assert_eq!(
+        p.quarantine_tail(Position::ZERO, "rejoin")
+            .await
+            .expect("quarantine"),
+        1
+    );
+    assert!(p.state().await.expect("state").snapshot_due);
     p.install_snapshot_begin(head).await.expect("install begin");
     for chunk in rows.chunks(2) {
         p.install_snapshot_rows(chunk).await.expect("install rows");
@@ -1058,10 +1066,8 @@ pub async fn snapshot_installs_whole_and_continues<B: Backend>(b: &B) {
         before,
         "an install is invisible before its commit"
     );
-    assert_eq!(
-        p.state().await.expect("state").position,
-        Position::new(1, 1)
-    );
+    assert_eq!(p.state().await.expect("state").position, Position::ZERO);
+    assert!(p.state().await.expect("state").snapshot_due);
     assert!(
         p.apply(&[], true).await.is_err(),
         "apply must refuse while an install is open"
@@ -1072,6 +1078,10 @@ pub async fn snapshot_installs_whole_and_continues<B: Backend>(b: &B) {
     );
     assert_eq!(p.checksums().await.expect("checksums"), sums);
     assert_eq!(p.state().await.expect("state").position, head);
+    assert!(
+        !p.state().await.expect("state").snapshot_due,
+        "the install paid what was owed"
+    );
     assert_eq!(p.oldest_seq().await.expect("oldest"), None, "log reset");
     assert!(all_changes(&p).await.is_empty(), "nothing captured");
 
@@ -1199,6 +1209,7 @@ pub async fn quarantine_tail_rewinds_the_divergent_tail<B: Backend>(b: &B) {
     }
     assert_eq!(all_changes(&a).await, before, "a refusal changes nothing");
     assert_eq!(a.divergent_count().await.expect("count"), 0);
+    assert!(!a.state().await.expect("state").snapshot_due);
 
     a.set_role(Role::Fenced, Epoch(2), Some(&m("b")))
         .await
@@ -1209,6 +1220,10 @@ pub async fn quarantine_tail_rewinds_the_divergent_tail<B: Backend>(b: &B) {
     assert_eq!(n, head.seq - keep.seq, "every change past the kept seq");
     assert_eq!(all_changes(&a).await, kept, "the log ends at the kept seq");
     assert_eq!(a.state().await.expect("state").position, keep);
+    assert!(
+        a.state().await.expect("state").snapshot_due,
+        "the snapshot that restores the tail's rows is owed"
+    );
     let q = a.divergence_list(false).await.expect("list");
     assert_eq!(
         q.iter().map(|d| d.change.clone()).collect::<Vec<_>>(),
@@ -1268,6 +1283,10 @@ pub async fn quarantine_tail_rewinds_the_divergent_tail<B: Backend>(b: &B) {
     );
     let a = b.reopen(&db, a).await;
     assert_eq!(a.divergence_list(false).await.expect("list").len(), 5);
+    assert!(
+        a.state().await.expect("state").snapshot_due,
+        "still owed after a restart"
+    );
 }
 
 /// A rewind that cannot be made from the log is refused with nothing

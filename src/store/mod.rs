@@ -113,6 +113,10 @@ pub struct ReplicationState {
     pub vote: Option<Vote>,
     /// Automatic failover suspended by an operator.
     pub paused: bool,
+    /// A quarantine rewound this member's change log and the snapshot that
+    /// restores the rows its tail changed has not been installed yet: the
+    /// next connection to the active asks for one.
+    pub snapshot_due: bool,
 }
 
 /// One row of epoch history.

@@ -143,6 +143,17 @@ impl PgStore {
         )
         .await
         .map_err(|e| self.err(&e))?;
+        // The rows the tail changed are restored by a snapshot: owed from
+        // this commit until an install's commit, across restarts.
+        tx.execute(
+            &format!(
+                "INSERT INTO us_snapshot_due (id, reason, at_ms) VALUES (1, $1, {NOW_MS}) \
+                 ON CONFLICT (id) DO UPDATE SET reason = EXCLUDED.reason, at_ms = EXCLUDED.at_ms"
+            ),
+            &[&reason],
+        )
+        .await
+        .map_err(|e| self.err(&e))?;
         tx.commit().await.map_err(|e| self.err(&e))?;
         Ok(moved)
     }

@@ -431,7 +431,8 @@ impl MemberStore for PgStore {
         let row = c
             .query_opt(
                 "SELECT cluster, member, role, epoch, active, pos_epoch, pos_seq, lease_until, \
-                        vote_epoch, vote_candidate, paused \
+                        vote_epoch, vote_candidate, paused, \
+                        EXISTS (SELECT 1 FROM us_snapshot_due) \
                  FROM us_state WHERE id = 1",
                 &[],
             )
@@ -465,6 +466,7 @@ impl MemberStore for PgStore {
             lease_until_ms: row.try_get(7).map_err(g)?,
             vote,
             paused: row.try_get(10).map_err(g)?,
+            snapshot_due: row.try_get(11).map_err(g)?,
         })
     }
 

@@ -37,10 +37,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_fence_drain",
         sql: include_str!("../../../schemas/postgres/0003_fence_drain.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_snapshot_due",
+        sql: include_str!("../../../schemas/postgres/0004_snapshot_due.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
-pub const LATEST: u32 = 3;
+pub const LATEST: u32 = 4;
 
 /// Columns of the application tables (operator contract), as
 /// `information_schema.columns.data_type` spells their types.

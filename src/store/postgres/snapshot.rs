@@ -313,12 +313,17 @@ impl PgStore {
         };
         let (e, s) = (to_i64(pos.epoch, "epoch")?, to_i64(pos.seq, "seq")?);
         let p: [&(dyn ToSql + Sync); 2] = [&e, &s];
-        let upd = client
+        // Whatever snapshot a quarantine left owed, this one pays it.
+        let upd = match client
             .execute(
                 "UPDATE us_state SET pos_epoch = $1, pos_seq = $2 WHERE id = 1",
                 &p,
             )
-            .await;
+            .await
+        {
+            Ok(_) => client.execute("DELETE FROM us_snapshot_due", &[]).await,
+            Err(e) => Err(e),
+        };
         a.installing = None;
         let res = match upd {
             Ok(_) => client.batch_execute("COMMIT").await,

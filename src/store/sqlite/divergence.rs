@@ -140,6 +140,14 @@ pub(super) fn quarantine_tail(
             [keep_seq],
         )
         .map_err(err)?;
+        // The rows the tail changed are restored by a snapshot: owed from
+        // this commit until an install's commit, across restarts.
+        c.execute(
+            "INSERT OR REPLACE INTO us_snapshot_due (id, reason, at_ms)
+             VALUES (1, ?1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
+            [reason],
+        )
+        .map_err(err)?;
         Ok(moved as u64)
     })
 }

@@ -315,7 +315,8 @@ fn position(conn: &Connection) -> StoreResult<Position> {
         .query_row(
             "SELECT pos_epoch, pos_seq,
                     (SELECT epoch FROM us_changelog ORDER BY seq DESC LIMIT 1),
-                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1)
+                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1),
+                    (SELECT count(*) FROM us_snapshot_due)
              FROM us_state WHERE id = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -343,6 +344,7 @@ struct RawState {
     pos_seq: i64,
     head_epoch: Option<i64>,
     head_seq: Option<i64>,
+    snapshot_due: i64,
 }
 
 fn read_state(conn: &Connection, url: &str) -> StoreResult<ReplicationState> {
@@ -352,7 +354,8 @@ fn read_state(conn: &Connection, url: &str) -> StoreResult<ReplicationState> {
             "SELECT cluster, member, role, epoch, active, lease_until, vote_epoch, vote_candidate,
                     paused, pos_epoch, pos_seq,
                     (SELECT epoch FROM us_changelog ORDER BY seq DESC LIMIT 1),
-                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1)
+                    (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1),
+                    (SELECT count(*) FROM us_snapshot_due)
              FROM us_state WHERE id = 1",
             [],
             |r| {
@@ -370,6 +373,7 @@ fn read_state(conn: &Connection, url: &str) -> StoreResult<ReplicationState> {
                     pos_seq: r.get(10)?,
                     head_epoch: r.get(11)?,
                     head_seq: r.get(12)?,
+                    snapshot_due: r.get(13)?,
                 })
             },
         )
@@ -409,6 +413,7 @@ fn read_state(conn: &Connection, url: &str) -> StoreResult<ReplicationState> {
         lease_until_ms: s.lease_until,
         vote,
         paused: s.paused != 0,
+        snapshot_due: s.snapshot_due > 0,
     })
 }
 

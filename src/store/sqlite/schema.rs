@@ -30,9 +30,14 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "quarantine",
         sql: include_str!("../../../schemas/sqlite/0002_quarantine.sql"),
     },
+    Migration {
+        version: 3,
+        name: "snapshot_due",
+        sql: include_str!("../../../schemas/sqlite/0003_snapshot_due.sql"),
+    },
 ];
 
-pub(super) const LATEST: u32 = 2;
+pub(super) const LATEST: u32 = 3;
 
 const VERSION_TABLE: &str = "us_schema_version";
 
@@ -73,6 +78,7 @@ const SHAPES: &[(&str, u32, &[&str])] = &[
         &["path", "kind", "content", "meta", "updated_at"],
     ),
     (VERSION_TABLE, 1, &["version", "name", "applied_at"]),
+    ("us_snapshot_due", 3, &["id", "reason", "at_ms"]),
     (
         "us_state",
         1,

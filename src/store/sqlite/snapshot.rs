@@ -210,6 +210,8 @@ pub(super) fn install_commit(w: &mut Writer) -> StoreResult<Position> {
             "UPDATE us_state SET pos_epoch = ?1, pos_seq = ?2, applying = 0 WHERE id = 1",
             params![e, s],
         )?;
+        // Whatever snapshot a quarantine left owed, this one pays it.
+        w.conn.execute("DELETE FROM us_snapshot_due", [])?;
         let n = w.conn.execute(
             "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'us_changelog'",
             [s],
