@@ -153,8 +153,9 @@ pub struct Hooks {
     pub on_fence: Option<String>,
     pub timeout: Duration,
     /// `hooks.on_promote_blocks`: false (default), a failing or hanging
-    /// `on_promote` is reported but the promotion stands; true, the member
-    /// fences itself again and steps down when its `on_promote` fails.
+    /// `on_promote` is reported but the promotion stands; true, a new active
+    /// lifts its fence only after `on_promote` succeeded, and steps down
+    /// (standing again only after ten failover timeouts) when it fails.
     pub on_promote_blocks: bool,
 }
 
@@ -748,10 +749,10 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             ));
         }
     }
-    if raw.hooks.on_promote_blocks {
+    if raw.hooks.on_promote_blocks && raw.hooks.on_promote.is_none() {
         return Err(e(
             "hooks.on_promote_blocks",
-            "true is not supported by this version: a failing or hanging on_promote is reported in /status and the log, and the promotion stands; remove the key or set it to false".into(),
+            "true needs a hooks.on_promote command to wait for: set one, or remove the key".into(),
         ));
     }
     let takeover = match raw.takeover_policy.as_deref().unwrap_or("any") {
@@ -979,8 +980,16 @@ on_promote = "/usr/local/bin/start-scheduler"
             "[hooks]\n",
             "[hooks]\non_promote_blocks = true\ntimeout_ms = 1500\n",
         );
-        let err = parse(&blocks, &[]).unwrap_err().to_string();
-        assert!(err.contains("not supported"), "{err}");
+        let c = parse(&blocks, &[]).unwrap();
+        assert!(c.hooks.on_promote_blocks);
+        let nothing_to_wait_for =
+            blocks.replace("on_promote = \"/usr/local/bin/start-scheduler\"\n", "");
+        assert_ne!(nothing_to_wait_for, blocks);
+        let err = parse(&nothing_to_wait_for, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("hooks.on_promote_blocks") && err.contains("on_promote command"),
+            "{err}"
+        );
         let c = parse(&blocks.replace("= true", "= false"), &[]).unwrap();
         assert!(!c.hooks.on_promote_blocks);
         assert_eq!(c.hooks.timeout, Duration::from_millis(1500));

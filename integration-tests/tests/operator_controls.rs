@@ -396,7 +396,18 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
     let u = url(&cl, "a");
     let mut w = Workload::new(seed(62));
     write_workload(&u, &mut w, 60, 3).await.unwrap();
-    let head = seq(&cl.status("a").await.unwrap()["position"]);
+    // The head as the database has it (the status may trail a commit).
+    let head = {
+        use understudy::store::{AnyStore, MemberStore};
+        AnyStore::open(&u)
+            .await
+            .unwrap()
+            .state()
+            .await
+            .unwrap()
+            .position
+            .seq
+    };
     // The head reaches the passives' controllers (heartbeats) though not
     // their databases: each sees itself lagging by exactly the difference.
     for m in ["b", "c"] {
@@ -493,4 +504,89 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
     let last = h["history"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["active"], best);
     assert!(last["reason"].as_str().unwrap().contains("forced"), "{h}");
+}
+
+/// `hooks.on_promote_blocks`: b (preferred by priority) is elected when the
+/// active dies, but its `on_promote` fails, so its database never takes a
+/// write; it steps down, says why, and c (whose hook is fine) becomes the
+/// active instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_blocking_on_promote_hands_the_promotion_to_another_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    add_top(&cl, "b", "priority = 10");
+    let b_cfg = cl.member("b").config.clone();
+    let mut text = std::fs::read_to_string(&b_cfg).unwrap();
+    text.push_str(
+        "\n[hooks]\non_promote = \"exit 3\"\non_promote_blocks = true\ntimeout_ms = 2000\n",
+    );
+    std::fs::write(&b_cfg, text).unwrap();
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let b_url = url(&cl, "b");
+
+    cl.kill("a");
+    let killed = Instant::now();
+    let mut b_took_a_write = false;
+    let winner = loop {
+        // Sampled every ~50 ms: b's database never accepts a write.
+        b_took_a_write |= accepts_writes(&b_url).is_ok();
+        if let Some(w) = actives(&cl).await.pop() {
+            break w;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "nobody promoted: {}",
+            futures_status(&cl)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(winner, "c", "{}", futures_status(&cl));
+    for _ in 0..20 {
+        b_took_a_write |= accepts_writes(&b_url).is_ok();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b_took_a_write, "b's database took a write");
+
+    let s = cl.status("b").await.unwrap();
+    assert_eq!(s["role"], "passive", "{s}");
+    assert!(
+        s["failover"]["not_promoting"]
+            .to_string()
+            .contains("promote_hook_failed"),
+        "{s}"
+    );
+    let hooks = s["hooks"].to_string();
+    assert!(
+        hooks.contains("on_promote") && hooks.contains('3'),
+        "{hooks}"
+    );
+    let log = std::fs::read_to_string(&cl.member("b").log).unwrap();
+    assert!(log.contains("on_promote failed"), "the step-down is logged");
+    // b was elected first (its own history has its short epoch), then c
+    // took over from it.
+    let hist = |id: &str| {
+        let addr = cl.member(id).status.clone();
+        async move {
+            understudy::status::client::get_json(&addr, "/history")
+                .await
+                .unwrap()
+        }
+    };
+    let hb = hist("b").await;
+    assert!(
+        hb["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["active"] == "b" && r["epoch"].as_u64() > Some(1)),
+        "{hb}"
+    );
+    let hc = hist("c").await;
+    let last = hc["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["active"], "c", "{hc}");
+    assert!(
+        last["reason"].as_str().unwrap_or("").contains("from b"),
+        "{hc}"
+    );
 }

@@ -124,10 +124,10 @@ impl RoleRuntime {
 
     /// Run a hook with this member's view in its environment; its outcome
     /// goes into the log (by the runner) and `/status`.
-    async fn run_hook(&self, hook: Hook) {
+    async fn run_hook(&self, hook: Hook) -> bool {
         let kind = crate::hooks::HookKind::from(hook);
         if self.hooks.command(kind).is_none() {
-            return;
+            return true;
         }
         let role = match hook {
             Hook::OnPromote => Role::Active,
@@ -145,10 +145,12 @@ impl RoleRuntime {
         if !outcome.ok {
             tracing::warn!(hook = kind.name(), timed_out = outcome.timed_out, exit_code = ?outcome.exit_code, "hook failed");
         }
+        let ok = outcome.ok;
         self.node.live.update(|s| {
             s.hooks.retain(|h| h.kind != kind);
             s.hooks.push(outcome);
         });
+        ok
     }
 
     /// Follow `active` (restarting the applier if it followed another).
@@ -249,7 +251,7 @@ impl RoleSink for Sink {
     async fn take_over_jobs(&self, from: Option<&MemberId>) {
         self.0.take_over_jobs(from).await
     }
-    async fn run_hook(&self, hook: Hook) {
+    async fn run_hook(&self, hook: Hook) -> bool {
         self.0.run_hook(hook).await
     }
     async fn notify(&self, notice: &Notice) {

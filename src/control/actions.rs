@@ -71,6 +71,11 @@ pub enum Action {
     /// Stop the shipper.
     StopShipping,
     RunHook(Hook),
+    /// Run `on_promote` *before* lifting the fence and report whether it
+    /// succeeded with [`super::Event::PromoteHookDone`] (`hooks.on_promote_blocks`):
+    /// the fence stays until it has, and a failure makes this member step
+    /// down.
+    RunPromoteHookGate,
     /// Tell the operator (log, status, the waiting CLI call).
     Notify(Notice),
 }

@@ -204,7 +204,9 @@ pub trait RoleSink: Send + Sync + 'static {
     fn follow(&self, epoch: Epoch, active: &MemberId) -> impl Future<Output = ()> + Send;
     /// Take over the scheduled jobs of `from` (`None`: ownerless jobs only).
     fn take_over_jobs(&self, from: Option<&MemberId>) -> impl Future<Output = ()> + Send;
-    fn run_hook(&self, hook: Hook) -> impl Future<Output = ()> + Send;
+    /// Run a configured hook to its end (or timeout); whether it
+    /// succeeded (true when none is configured).
+    fn run_hook(&self, hook: Hook) -> impl Future<Output = bool> + Send;
     fn notify(&self, notice: &Notice) -> impl Future<Output = ()> + Send;
 }
 
@@ -532,19 +534,18 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         while let Some(actions) = queue.pop() {
             let before = self.role_view();
             let reason = reason_for(what, &actions);
-            let mut fence_heads = Vec::new();
-            let result = self.execute(actions, &mut notices, &mut fence_heads).await;
+            let mut followups = Vec::new();
+            let result = self.execute(actions, &mut notices, &mut followups).await;
             self.log_role_change(before, &reason);
             if let Err(f) = result {
                 failed = Some(f);
                 break;
             }
-            // Each fence's head goes back to the engine, after the list that
-            // fenced has run to its end.
-            for head in fence_heads.into_iter().rev() {
-                let more = self
-                    .engine
-                    .step(self.clock.now(), Event::FenceApplied { head });
+            // What the list's actions found out (each fence's head, a
+            // blocking hook's outcome) goes back to the engine after the
+            // list has run to its end.
+            for event in followups.into_iter().rev() {
+                let more = self.engine.step(self.clock.now(), event);
                 queue.push(more);
             }
         }
@@ -579,10 +580,10 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         &mut self,
         actions: Vec<Action>,
         notices: &mut Vec<Notice>,
-        fence_heads: &mut Vec<Position>,
+        followups: &mut Vec<Event>,
     ) -> Result<(), ActionFailed> {
         for action in actions {
-            let r = self.execute_one(&action, notices, fence_heads).await;
+            let r = self.execute_one(&action, notices, followups).await;
             if let Err(error) = r {
                 tracing::error!(
                     member = %self.me, action = ?action, %error,
@@ -600,7 +601,7 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         &mut self,
         action: &Action,
         notices: &mut Vec<Notice>,
-        fence_heads: &mut Vec<Position>,
+        followups: &mut Vec<Event>,
     ) -> Result<(), ControlStoreError> {
         match action {
             Action::Send { to, msg } => self.net.send(to, msg.clone()),
@@ -647,7 +648,8 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                 self.store
                     .set_role(Role::Fenced, *epoch, active.as_ref())
                     .await?;
-                fence_heads.push(self.store.head().await?);
+                let head = self.store.head().await?;
+                followups.push(Event::FenceApplied { head });
             }
             Action::Unfence { epoch } => {
                 let me = self.me.clone();
@@ -662,7 +664,19 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
             Action::TakeOverJobs { from } => self.sink.take_over_jobs(from.as_ref()).await,
             Action::StartShipping => self.sink.start_shipping().await,
             Action::StopShipping => self.sink.stop_shipping().await,
-            Action::RunHook(h) => self.sink.run_hook(*h).await,
+            Action::RunHook(h) => {
+                self.sink.run_hook(*h).await;
+            }
+            Action::RunPromoteHookGate => {
+                let ok = self.sink.run_hook(Hook::OnPromote).await;
+                if !ok {
+                    tracing::warn!(
+                        member = %self.me,
+                        "on_promote failed and hooks.on_promote_blocks is set: stepping down"
+                    );
+                }
+                followups.push(Event::PromoteHookDone { ok });
+            }
             Action::Notify(n) => {
                 tracing::info!(member = %self.me, notice = ?n, "controller notice");
                 self.sink.notify(n).await;

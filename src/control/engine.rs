@@ -67,6 +67,8 @@ pub struct Engine {
     /// A follower whose database was last set to `fenced` (a former active)
     /// rather than `passive`.
     fenced_role: bool,
+    /// A blocking `on_promote` failed here: no candidacy before this time.
+    hook_failed_until: Option<Millis>,
 }
 
 #[derive(Debug)]
@@ -98,6 +100,17 @@ struct Leadership {
     pending_takeover: Option<Option<MemberId>>,
     /// Which of the heads sent in heartbeats a majority has heard of.
     announced: Announced,
+    /// With `promote_hook_blocks`: where `on_promote` stands this term.
+    promote_hook: HookGate,
+}
+
+/// A blocking `on_promote` (see [`EngineConfig::promote_hook_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum HookGate {
+    #[default]
+    NotRun,
+    Running,
+    Passed,
 }
 
 #[derive(Debug)]
@@ -152,6 +165,7 @@ impl Engine {
             last_election: None,
             peer_heard: BTreeMap::new(),
             fenced_role: matches!(persisted.role, Role::Active | Role::Fenced),
+            hook_failed_until: None,
             cfg,
         };
         e.highest_term = e.term();
@@ -174,6 +188,7 @@ impl Engine {
                 switchover: None,
                 pending_takeover: None,
                 announced: Announced::default(),
+                promote_hook: HookGate::default(),
             }));
         }
         if persisted.role == Role::Active {
@@ -208,6 +223,7 @@ impl Engine {
             }
             Event::Position { position } => self.on_position(position),
             Event::FenceApplied { head } => self.on_fence_applied(head, &mut out),
+            Event::PromoteHookDone { ok } => self.on_promote_hook_done(ok, &mut out),
             Event::Command(c) => self.on_command(c, &mut out),
         }
         out
@@ -385,6 +401,13 @@ impl Engine {
         {
             r.push(NotPromoting::CandidateAhead { member: m.clone() });
         }
+        if let Some(until) = self.hook_failed_until
+            && now < until
+        {
+            r.push(NotPromoting::PromoteHookFailed {
+                retry_in_ms: until - now,
+            });
+        }
         r.extend(self.recent_lost_round(now));
         r
     }
@@ -495,6 +518,7 @@ impl Engine {
 
     fn may_stand(&self) -> bool {
         self.static_blockers().is_empty()
+            && self.hook_failed_until.is_none_or(|t| self.now >= t)
             && self
                 .deferred
                 .as_ref()
@@ -653,13 +677,27 @@ impl Engine {
             l.lease_until = until;
             out.push(Action::RenewLease { until });
         }
-        if !l.db_unfenced && l.switchover.is_none() {
+        let hook_gate = self.cfg.promote_hook_blocks;
+        if !l.db_unfenced
+            && l.switchover.is_none()
+            && hook_gate
+            && l.promote_hook != HookGate::Passed
+        {
+            // `on_promote` must succeed before writes are allowed: run it
+            // once, keep the lease up meanwhile, lift the fence on success.
+            if l.promote_hook == HookGate::NotRun {
+                l.promote_hook = HookGate::Running;
+                out.push(Action::RunPromoteHookGate);
+            }
+        } else if !l.db_unfenced && l.switchover.is_none() {
             l.db_unfenced = true;
             out.push(Action::Unfence { epoch });
             if let Some(from) = l.pending_takeover.take() {
                 out.push(Action::TakeOverJobs { from });
             }
-            out.push(Action::RunHook(Hook::OnPromote));
+            if !hook_gate {
+                out.push(Action::RunHook(Hook::OnPromote));
+            }
             if !l.shipping {
                 l.shipping = true;
                 out.push(Action::StartShipping);
@@ -688,6 +726,34 @@ impl Engine {
         {
             l.commit = l.commit.max(c);
         }
+    }
+
+    fn on_promote_hook_done(&mut self, ok: bool, out: &mut Vec<Action>) {
+        let Mode::Leader(l) = &mut self.mode else {
+            return;
+        };
+        if l.promote_hook != HookGate::Running {
+            return;
+        }
+        if ok {
+            l.promote_hook = HookGate::Passed;
+            // Lifts the fence now if the lease still holds (else at the
+            // next answers).
+            self.refresh_lease(out);
+            return;
+        }
+        // Not this member: give the epoch up and leave the others time to
+        // elect one whose hook works.
+        let until = self.now.saturating_add(
+            self.cfg
+                .failover_timeout
+                .saturating_mul(super::PROMOTE_HOOK_BACKOFF),
+        );
+        self.hook_failed_until = Some(until);
+        self.step_down(out);
+        self.last_heard = self.now;
+        self.arm_election();
+        self.election_at = self.election_at.max(until);
     }
 
     fn on_fence_applied(&mut self, head: Position, out: &mut Vec<Action>) {
@@ -1353,6 +1419,7 @@ impl Engine {
             switchover: None,
             pending_takeover: Some(c.previous),
             announced: Announced::default(),
+            promote_hook: HookGate::default(),
         }));
         // The grants are the first lease: each voter answered the request sent
         // at `started` and will not vote again for failover_timeout. If the
@@ -1459,6 +1526,7 @@ impl Engine {
             switchover: None,
             pending_takeover: None,
             announced: Announced::default(),
+            promote_hook: HookGate::default(),
         }));
         // The RenewLease above already covers this heartbeat round.
         let others = self.others();

@@ -29,6 +29,9 @@ pub enum Event {
     /// head read *after* the fence took effect. A switchover hands over only
     /// once the target has acknowledged this exact head.
     FenceApplied { head: Position },
+    /// The driver ran [`super::Action::RunPromoteHookGate`]: `ok` is whether
+    /// `on_promote` succeeded (true when none is configured).
+    PromoteHookDone { ok: bool },
     /// An operator command (from the CLI or the status endpoint).
     Command(Command),
 }

@@ -142,7 +142,16 @@ pub struct EngineConfig {
     pub no_failover: bool,
     /// Tie-breaker between equally up-to-date candidates (higher first).
     pub priority: i64,
+    /// `hooks.on_promote_blocks`: lift the fence only after `on_promote`
+    /// succeeded; step down (and stand again only after
+    /// [`PROMOTE_HOOK_BACKOFF`] failover timeouts) when it fails.
+    pub promote_hook_blocks: bool,
 }
+
+/// After a blocking `on_promote` failed, this member does not stand for
+/// election for this many failover timeouts, so the others (whose hooks may
+/// work) get their turn instead of the same member failing again at once.
+pub const PROMOTE_HOOK_BACKOFF: u64 = 10;
 
 impl EngineConfig {
     /// The controller's part of a member config. A switchover waits up to ten
@@ -174,6 +183,7 @@ impl EngineConfig {
             auto_failover: c.auto_failover,
             no_failover: c.no_failover,
             priority: c.priority,
+            promote_hook_blocks: c.hooks.on_promote_blocks,
         }
     }
 

@@ -511,6 +511,7 @@ mod tests {
             auto_failover: false,
             no_failover: false,
             priority: 0,
+            promote_hook_blocks: false,
         };
         let persisted = PersistedState {
             epoch: Epoch(1),

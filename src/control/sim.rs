@@ -266,6 +266,7 @@ impl Sim {
                     auto_failover: true,
                     no_failover: false,
                     priority: rng.below(3) as i64,
+                    promote_hook_blocks: false,
                 };
                 let role = match (i, witness) {
                     (_, true) => Role::Witness,
@@ -742,6 +743,7 @@ impl Sim {
                 | Action::StartShipping
                 | Action::StopShipping
                 | Action::RunHook(_)
+                | Action::RunPromoteHookGate
                 | Action::Notify(_) => {}
             }
             self.check_safety()?;

@@ -74,6 +74,9 @@ pub enum NotPromoting {
         active: Option<MemberId>,
         ms_ago: Millis,
     },
+    /// Its blocking `on_promote` hook failed when it was last elected
+    /// (`hooks.on_promote_blocks`); it stands again in `retry_in_ms`.
+    PromoteHookFailed { retry_in_ms: Millis },
     /// A better candidate asked for votes, or a voter said one exists.
     CandidateAhead { member: MemberId },
     /// The last election round did not reach a majority.

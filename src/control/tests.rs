@@ -35,6 +35,7 @@ fn cfg_with(me: &str, voters: &[(&str, bool)]) -> EngineConfig {
         auto_failover: true,
         no_failover: false,
         priority: 0,
+        promote_hook_blocks: false,
     }
 }
 
@@ -1446,5 +1447,113 @@ fn when_the_lag_gate_blocks_every_candidate_the_status_says_what_is_at_risk() {
             behind: 470,
             max: 100
         }]
+    );
+}
+
+/// b, configured with a blocking `on_promote`, wins epoch 2: the hook runs
+/// before the fence is lifted.
+fn b_elected_with_a_blocking_hook() -> Engine {
+    let mut c = cfg("b");
+    c.promote_hook_blocks = true;
+    let mut b = start(c, passive(1, "a", p(1, 10)), 0);
+    b.step(10, recv("a", hb(1, 5, p(1, 10))));
+    b.step(610, tick());
+    b.step(615, recv("c", pre_granted(2, 610, 1)));
+    assert_eq!(
+        b.step(620, recv("c", granted(2, 615))),
+        [
+            vec![
+                Action::PersistEpoch {
+                    epoch: Epoch(2),
+                    active: m("b"),
+                    start: p(1, 10),
+                    reason: PromotionReason::Failover {
+                        previous: Some(m("a"))
+                    },
+                },
+                Action::RenewLease { until: 615 + LEASE },
+                Action::RunPromoteHookGate,
+            ],
+            heartbeats(2, 620, p(1, 10), &["a", "c"]),
+        ]
+        .concat(),
+        "elected, the lease kept up, but no writes before on_promote succeeds"
+    );
+    assert_eq!(b.role(), Role::Fenced);
+    assert!(!b.is_writable());
+    b
+}
+
+#[test]
+fn a_blocking_on_promote_that_succeeds_lifts_the_fence() {
+    let mut b = b_elected_with_a_blocking_hook();
+    assert_eq!(
+        b.step(700, Event::PromoteHookDone { ok: true }),
+        vec![
+            Action::Unfence { epoch: Epoch(2) },
+            Action::TakeOverJobs { from: Some(m("a")) },
+            Action::StartShipping,
+        ],
+        "the hook already ran: it is not run a second time"
+    );
+    assert!(b.is_writable());
+    // Later lease renewals never run it again.
+    let later: Vec<Action> = (750..1500)
+        .step_by(50)
+        .flat_map(|t| {
+            let mut out = b.step(t, tick());
+            out.extend(b.step(t + 1, recv("c", ack(2, t, p(1, 10)))));
+            out
+        })
+        .collect();
+    assert!(
+        !later
+            .iter()
+            .any(|a| matches!(a, Action::RunPromoteHookGate | Action::RunHook(_))),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn a_blocking_on_promote_that_fails_steps_down_and_backs_off() {
+    let mut b = b_elected_with_a_blocking_hook();
+    assert_eq!(
+        b.step(700, Event::PromoteHookDone { ok: false }),
+        vec![Action::RunHook(Hook::OnDemote)],
+        "never unfenced, nothing shipped: it only gives the epoch up"
+    );
+    assert!(!b.is_writable());
+    assert_ne!(b.role(), Role::Active);
+    let backoff = FAILOVER * crate::control::PROMOTE_HOOK_BACKOFF;
+    assert!(
+        b.not_promoting(1000)
+            .contains(&NotPromoting::PromoteHookFailed {
+                retry_in_ms: 700 + backoff - 1000
+            }),
+        "{:?}",
+        b.not_promoting(1000)
+    );
+    // It stands for nothing during the back-off, and votes for c.
+    for t in (700..700 + backoff).step_by(50) {
+        let out = b.step(t, tick());
+        assert!(
+            !out.iter().any(|a| matches!(
+                a,
+                Action::Send {
+                    msg: Message::RequestVote { .. },
+                    ..
+                }
+            )),
+            "stood at {t}: {out:?}"
+        );
+    }
+    let at = 700 + backoff - 10;
+    let out = b.step(at, recv("c", rv(3, "c", p(1, 10), at)));
+    assert_eq!(
+        out[0],
+        Action::PersistVote {
+            epoch: Epoch(3),
+            candidate: m("c")
+        }
     );
 }

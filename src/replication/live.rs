@@ -154,6 +154,7 @@ impl FailoverDoc {
                     | NotPromoting::Paused
                     | NotPromoting::NoFailover
                     | NotPromoting::Lagging { .. }
+                    | NotPromoting::PromoteHookFailed { .. }
             )
         });
         FailoverDoc {

@@ -130,8 +130,9 @@ impl RoleSink for FakeSink {
     async fn take_over_jobs(&self, from: Option<&MemberId>) {
         push(&self.log, format!("sink take_over_jobs {from:?}"));
     }
-    async fn run_hook(&self, hook: Hook) {
+    async fn run_hook(&self, hook: Hook) -> bool {
         push(&self.log, format!("sink hook {hook:?}"));
+        true
     }
     async fn notify(&self, notice: &Notice) {
         push(&self.log, format!("sink notify {notice:?}"));
@@ -156,6 +157,7 @@ fn cfg(me: &str) -> EngineConfig {
         auto_failover: true,
         no_failover: false,
         priority: 0,
+        promote_hook_blocks: false,
     }
 }
 
