@@ -92,7 +92,11 @@ pub fn publish_status(
         loop {
             let s = status.borrow_and_update().clone();
             node.set_epoch(s.epoch);
+            let lease_until = s
+                .lease_remaining_ms
+                .map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
             node.live.update(|l| {
+                l.lease_until = lease_until;
                 l.role = s.role;
                 l.epoch = s.epoch;
                 l.active = s.active.clone();

@@ -144,6 +144,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         snapshot: None,
         controller: None,
         hooks: Vec::new(),
+        lease_until: None,
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,

@@ -57,6 +57,11 @@ pub struct LiveInner {
     pub controller: Option<ControlStatus>,
     /// The last run of each hook.
     pub hooks: Vec<crate::hooks::HookOutcome>,
+    /// On the active: when its lease runs out by this process's clock, as
+    /// of the controller's last published status. `/active` answers 200
+    /// only before it, so a stalled agent whose status went stale stops
+    /// drawing traffic when its database stops taking writes.
+    pub lease_until: Option<Instant>,
 }
 
 /// Shared, cheap to clone behind an `Arc`.
@@ -421,6 +426,7 @@ mod tests {
             snapshot: None,
             controller: None,
             hooks: Vec::new(),
+            lease_until: None,
         })
     }
 

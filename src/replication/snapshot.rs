@@ -366,6 +366,7 @@ mod tests {
             snapshot: None,
             controller: None,
             hooks: Vec::new(),
+            lease_until: None,
         })
     }
 

@@ -617,6 +617,7 @@ mod tests {
             snapshot: None,
             controller: None,
             hooks: Vec::new(),
+            lease_until: None,
         })
         .status(Instant::now())
     }

@@ -184,8 +184,10 @@ async fn status(State(st): State<AppState>) -> Response {
 /// 200 only on the unfenced active: role active in the live view (the
 /// runtime fences by leaving that role) and its database answering.
 async fn active(State(st): State<AppState>) -> Response {
-    let doc = st.live.status(Instant::now());
-    if doc.role == Role::Active && doc.database_ok {
+    let now = Instant::now();
+    let doc = st.live.status(now);
+    let lease_until = st.live.read(|s| s.lease_until);
+    if serves_writes(doc.role, doc.database_ok, lease_until, now) {
         (
             StatusCode::OK,
             Json(json!({ "member": doc.member, "role": doc.role, "epoch": doc.epoch })),
@@ -203,6 +205,20 @@ async fn active(State(st): State<AppState>) -> Response {
         )
             .into_response()
     }
+}
+
+/// Whether `/active` answers 200: the active role, a reachable database,
+/// and a lease that has not run out by this process's clock. The lease
+/// check matters when the controller's published status is stale (a stalled
+/// controller, a lost lease not yet stepped on): its database refuses
+/// writes from the lease's end, and so does the route.
+fn serves_writes(
+    role: Role,
+    database_ok: bool,
+    lease_until: Option<Instant>,
+    now: Instant,
+) -> bool {
+    role == Role::Active && database_ok && lease_until.is_some_and(|t| now < t)
 }
 
 #[derive(Deserialize)]
@@ -456,5 +472,30 @@ async fn table_checksums(
             )
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn active_answers_only_while_the_lease_holds() {
+        let now = Instant::now();
+        let later = Some(now + Duration::from_millis(300));
+        let earlier = now.checked_sub(Duration::from_millis(1));
+        assert!(serves_writes(Role::Active, true, later, now));
+        assert!(
+            !serves_writes(Role::Active, true, earlier, now),
+            "a status that still says active after the lease ran out"
+        );
+        assert!(
+            !serves_writes(Role::Active, true, None, now),
+            "no lease yet"
+        );
+        assert!(!serves_writes(Role::Active, false, later, now));
+        assert!(!serves_writes(Role::Fenced, true, later, now));
+        assert!(!serves_writes(Role::Passive, true, later, now));
     }
 }
