@@ -343,15 +343,40 @@ impl LocalCluster {
     /// its lease once a majority answers after a start).
     pub async fn wait_active(&self, id: &str, timeout: Duration) -> Result<(), ClusterError> {
         let addr = self.member(id).status.clone();
-        self.wait_until(timeout, &format!("{id} to be the unfenced active"), || {
-            let addr = addr.clone();
-            async move {
-                client::request(&addr, "GET", "/active", None, None, Duration::from_secs(1))
-                    .await
-                    .is_ok_and(|r| r.code == 200)
-            }
+        let result = self
+            .wait_until(timeout, &format!("{id} to be the unfenced active"), || {
+                let addr = addr.clone();
+                async move {
+                    client::request(&addr, "GET", "/active", None, None, Duration::from_secs(1))
+                        .await
+                        .is_ok_and(|r| r.code == 200)
+                }
+            })
+            .await;
+        // On timeout, say what every member last logged: why the active
+        // did not regain its lease is in there.
+        result.map_err(|e| match e {
+            ClusterError::Timeout { what, secs } => ClusterError::Timeout {
+                what: format!("{what}\n{}", self.log_tails(15)),
+                secs,
+            },
+            other => other,
         })
-        .await
+    }
+
+    /// The last `lines` log lines of every member, for failure messages.
+    fn log_tails(&self, lines: usize) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                format!(
+                    "--- {} log tail:\n{}",
+                    m.id,
+                    self.log_tail(m.id.as_str(), lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Wait until every member with a database reports the same position as
@@ -402,28 +427,14 @@ impl LocalCluster {
             )
             .await;
         result.map_err(|e| match e {
-            ClusterError::Timeout { what, secs } => {
-                let tails: Vec<String> = self
-                    .members
-                    .iter()
-                    .filter(|m| !m.is_witness())
-                    .map(|m| {
-                        format!(
-                            "--- {} log tail:\n{}",
-                            m.id,
-                            self.log_tail(m.id.as_str(), 15)
-                        )
-                    })
-                    .collect();
-                ClusterError::Timeout {
-                    what: format!(
-                        "{what} ({active}'s head; last seen: {})\n{}",
-                        last_seen.lock().map(|l| l.clone()).unwrap_or_default(),
-                        tails.join("\n")
-                    ),
-                    secs,
-                }
-            }
+            ClusterError::Timeout { what, secs } => ClusterError::Timeout {
+                what: format!(
+                    "{what} ({active}'s head; last seen: {})\n{}",
+                    last_seen.lock().map(|l| l.clone()).unwrap_or_default(),
+                    self.log_tails(15)
+                ),
+                secs,
+            },
             other => other,
         })
     }

@@ -47,6 +47,11 @@ pub struct LiveInner {
     pub last_heartbeat: Option<Instant>,
     pub database_ok: bool,
     pub database_error: Option<String>,
+    /// A database write that has waited past its stall limit and not gone
+    /// through yet. Kept apart from the health probe's verdict: the probe's
+    /// reads succeed while another process holds the write lock, and must
+    /// not hide the stall.
+    pub stalled_write: Option<String>,
     pub divergent_changes: u64,
     pub peers: BTreeMap<MemberId, PeerLive>,
     pub started: Instant,
@@ -299,11 +304,13 @@ impl Live {
             what,
             "a database write is stalled (locked by another process, or overloaded)"
         );
-        self.database(Err(format!(
+        let stalled = format!(
             "{what} has waited over {} ms for the database (locked by another process, or overloaded)",
             stall.as_millis()
-        )));
+        );
+        self.update(|s| s.stalled_write = Some(stalled));
         let r = fut.await;
+        self.update(|s| s.stalled_write = None);
         tracing::info!(
             what,
             waited_ms = started.elapsed().as_millis() as u64,
@@ -385,8 +392,8 @@ impl Live {
                 divergent_changes: s.divergent_changes,
                 version: env!("CARGO_PKG_VERSION"),
                 backend: s.backend,
-                database_ok: s.database_ok,
-                database_error: s.database_error.clone(),
+                database_ok: s.database_ok && s.stalled_write.is_none(),
+                database_error: s.stalled_write.clone().or_else(|| s.database_error.clone()),
                 uptime_ms: now.saturating_duration_since(s.started).as_millis() as u64,
                 snapshot: s
                     .snapshot
@@ -419,6 +426,7 @@ mod tests {
             last_heartbeat: None,
             database_ok: true,
             database_error: None,
+            stalled_write: None,
             divergent_changes: 0,
             peers: BTreeMap::new(),
             started: Instant::now(),

@@ -610,6 +610,7 @@ mod tests {
             last_heartbeat: None,
             database_ok: true,
             database_error: None,
+            stalled_write: None,
             divergent_changes: 0,
             peers,
             started: Instant::now(),
