@@ -473,11 +473,23 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
             panic!("{e}: {}", futures_status(&cl))
         });
     }
-    // Their databases free again, the passives still cannot catch up (the
-    // changes were only on a): long past failover_timeout nobody promoted.
-    drop(locks);
+    // Long past failover_timeout nobody promoted.
     tokio::time::sleep(failover * 2).await;
     assert!(actives(&cl).await.is_empty(), "promoted past the lag gate");
+
+    // The operator accepts the loss: free the best member's database and
+    // force it. (Freed, it may apply whatever it had received from a but
+    // could not commit; the other's database stays locked meanwhile, so no
+    // election can be won behind the operator's back: its vote cannot be
+    // recorded.)
+    let [lock_b, lock_c] = locks;
+    let other_lock = if best == "b" {
+        drop(lock_b);
+        lock_c
+    } else {
+        drop(lock_c);
+        lock_b
+    };
 
     let out = std::process::Command::new(understudy_bin())
         .args([
@@ -504,6 +516,7 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
     let last = h["history"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["active"], best);
     assert!(last["reason"].as_str().unwrap().contains("forced"), "{h}");
+    drop(other_lock);
 }
 
 /// `hooks.on_promote_blocks`: b (preferred by priority) is elected when the
