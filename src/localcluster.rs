@@ -389,7 +389,15 @@ impl LocalCluster {
         min_seq: u64,
         timeout: Duration,
     ) -> Result<(), ClusterError> {
+        use crate::store::MemberStore;
         let last_seen = std::sync::Mutex::new(String::new());
+        // The active's head as its database has it: its /status may not yet
+        // show a commit the caller has just made (the head watcher wakes up
+        // a little later), and "converged" must include that commit.
+        let db = match &self.member(active).database {
+            Some(u) => crate::store::AnyStore::open(u).await.ok(),
+            None => None,
+        };
         let result = self
             .wait_until(
                 timeout,
@@ -399,6 +407,11 @@ impl LocalCluster {
                     let mut head = None;
                     if let Ok(a) = self.status(active).await {
                         head = a["position"]["seq"].as_u64();
+                    }
+                    if let (Some(db), Some(h)) = (&db, head)
+                        && let Ok(st) = db.state().await
+                    {
+                        head = Some(h.max(st.position.seq));
                     }
                     let mut all_at_head = head.is_some_and(|h| h >= min_seq);
                     for m in self.members.iter().filter(|m| !m.is_witness()) {
