@@ -309,8 +309,11 @@ impl Live {
             stall.as_millis()
         );
         self.update(|s| s.stalled_write = Some(stalled));
+        // Cleared however the write ends, cancellation included (a
+        // follower stopped for a promotion drops its stalled apply): a
+        // marker left behind would hold `database_ok` false for good.
+        let _clear = ClearStall(self);
         let r = fut.await;
-        self.update(|s| s.stalled_write = None);
         tracing::info!(
             what,
             waited_ms = started.elapsed().as_millis() as u64,
@@ -408,6 +411,15 @@ impl Live {
     }
 }
 
+/// Clears the stalled-write marker when dropped (see [`Live::watch_stall`]).
+struct ClearStall<'a>(&'a Live);
+
+impl Drop for ClearStall<'_> {
+    fn drop(&mut self) {
+        self.0.update(|s| s.stalled_write = None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,5 +475,35 @@ mod tests {
         assert_eq!(s.peers[0].lag_ms, 5);
         l.peer_acked(&b, Position::new(1, 30), t0);
         assert_eq!(l.status(t0).peers[0].lag_changes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_shows_until_it_ends_even_when_cancelled() {
+        let l = live(Role::Passive);
+        let stalled = l.watch_stall(
+            "applying a batch",
+            Duration::from_millis(5),
+            std::future::pending::<()>(),
+        );
+        // Cancelled while stalled, as a stopped follower drops its apply.
+        let cancelled = tokio::time::timeout(Duration::from_millis(100), async {
+            tokio::select! {
+                _ = stalled => {}
+                _ = async {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let doc = l.status(Instant::now());
+                    assert!(!doc.database_ok, "the stall shows while it lasts");
+                    // The probe's successful read does not hide it.
+                    l.database(Ok(()));
+                    assert!(!l.status(Instant::now()).database_ok);
+                    std::future::pending::<()>().await
+                } => {}
+            }
+        })
+        .await;
+        assert!(cancelled.is_err());
+        let doc = l.status(Instant::now());
+        assert!(doc.database_ok, "{:?}", doc.database_error);
+        assert_eq!(doc.database_error, None);
     }
 }
