@@ -132,12 +132,6 @@ impl HookRunner {
         }
     }
 
-    /// `hooks.on_promote_blocks`: whether a failed `on_promote` should make
-    /// the member fence itself again and step down (the controller acts on it).
-    pub fn on_promote_blocks(&self) -> bool {
-        self.hooks.on_promote_blocks
-    }
-
     /// The time limit of one run.
     pub fn timeout(&self) -> Duration {
         self.hooks.timeout

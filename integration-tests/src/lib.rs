@@ -185,3 +185,26 @@ pub async fn execute_retrying(url: &DatabaseUrl, ops: &[AppOp]) -> anyhow::Resul
         }
     }
 }
+
+/// Run an operator command of the `understudy` CLI against member `via`
+/// (its status address and the cluster's token are appended); it must
+/// succeed. Returns what it printed.
+pub fn control_cli(
+    cl: &understudy::localcluster::LocalCluster,
+    via: &str,
+    args: &[&str],
+) -> String {
+    let status = cl.member(via).status.clone();
+    let out = std::process::Command::new(understudy_bin())
+        .args(args)
+        .args(["--url", &status, "--token", &cl.options.token])
+        .output()
+        .expect("run understudy");
+    assert!(
+        out.status.success(),
+        "understudy {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

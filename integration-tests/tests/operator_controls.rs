@@ -3,7 +3,7 @@
 //! resume, and the candidate order (`no_failover`, `priority`).
 
 use integration_tests::{
-    accepts_writes, actives, seed, understudy_bin, wait_until, write_workload,
+    accepts_writes, actives, control_cli, seed, understudy_bin, wait_until, write_workload,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -184,23 +184,7 @@ async fn a_pause_holds_off_failover_until_resumed() {
     let mut cl = create(dir.path(), &["a", "b", "c"]);
     cl.start_all().unwrap();
     seed_and_converge(&cl).await;
-    let bin = understudy_bin();
-    let token = cl.options.token.clone();
-    let status_of = |m: &str| cl.member(m).status.clone();
-    let (b_status, c_status) = (status_of("b"), status_of("c"));
-    let cli = |cmd: &str, status: &str| {
-        let out = std::process::Command::new(&bin)
-            .args([cmd, "--url", status, "--token", &token])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let said = cli("pause", &b_status);
+    let said = control_cli(&cl, "b", &["pause"]);
     assert!(said.contains("paused on"), "{said}");
     for m in ["a", "b", "c"] {
         assert_eq!(cl.status(m).await.unwrap()["paused"], true, "{m}");
@@ -219,7 +203,7 @@ async fn a_pause_holds_off_failover_until_resumed() {
         );
     }
     let resumed = Instant::now();
-    cli("resume", &c_status);
+    control_cli(&cl, "c", &["resume"]);
     wait_until(
         failover + Duration::from_secs(1),
         "a promotion after resume",
@@ -302,25 +286,7 @@ async fn an_operator_can_force_a_promotion_without_a_quorum() {
     cl.kill("c");
     tokio::time::sleep(Duration::from_millis(cl.options.failover_ms * 2)).await;
     assert!(actives(&cl).await.is_empty());
-    let out = std::process::Command::new(understudy_bin())
-        .args([
-            "promote",
-            "--force",
-            "--to",
-            "b",
-            "--url",
-            &cl.member("b").status,
-            "--token",
-            &cl.options.token,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
+    let said = control_cli(&cl, "b", &["promote", "--force", "--to", "b"]);
     assert!(said.contains("promoted by force"), "{said}");
     assert_eq!(actives(&cl).await, vec!["b".to_string()]);
     let h = understudy::status::client::get_json(&cl.member("b").status, "/history")
@@ -491,24 +457,8 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
         lock_b
     };
 
-    let out = std::process::Command::new(understudy_bin())
-        .args([
-            "promote",
-            "--force",
-            "--to",
-            best,
-            "--url",
-            &cl.member(best).status,
-            "--token",
-            &cl.options.token,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = control_cli(&cl, best, &["promote", "--force", "--to", best]);
+    assert!(said.contains("promoted by force"), "{said}");
     assert_eq!(actives(&cl).await, vec![best.to_string()]);
     let h = understudy::status::client::get_json(&cl.member(best).status, "/history")
         .await

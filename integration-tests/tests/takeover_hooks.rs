@@ -1,7 +1,7 @@
 //! Scheduled-job takeover on promotion (policy `any` and `static`) and the
 //! role-change hooks, with real processes.
 
-use integration_tests::{seed, understudy_bin, wait_until, write_workload};
+use integration_tests::{control_cli, seed, understudy_bin, wait_until, write_workload};
 use std::path::Path;
 use std::time::Duration;
 use understudy::config::DatabaseUrl;
@@ -186,23 +186,7 @@ async fn hooks_run_once_per_transition_with_their_environment_and_hang_no_longer
 
     // A switchover a -> b: b's on_promote once, a's on_demote once.
     std::fs::write(&log, "").unwrap();
-    let out = std::process::Command::new(understudy_bin())
-        .args([
-            "switchover",
-            "--to",
-            "b",
-            "--url",
-            &cl.member("a").status,
-            "--token",
-            &cl.options.token,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    control_cli(&cl, "a", &["switchover", "--to", "b"]);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
