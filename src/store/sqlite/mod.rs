@@ -86,6 +86,8 @@ struct Inner {
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
     waiter: wake::CommitWaiter,
+    /// The WAL's length at the writer's last commit, for the checkpointer.
+    wal_length: Arc<checkpoint::WalLength>,
 }
 
 /// One member's SQLite database. Cheap to share by reference; all blocking
@@ -187,11 +189,28 @@ impl SqliteStore {
             .execute_batch("PRAGMA query_only = ON")
             .map_err(err)?;
         // Checkpoints run on their own thread (see `checkpoint`), never
-        // inside the writer's (the applier's) commits.
+        // inside the writer's (the applier's) commits. SQLite's automatic
+        // checkpoint is itself a WAL hook, which ours replaces; the pragma
+        // says so explicitly should the hook ever go. Our hook only tells
+        // the checkpointer how long the WAL has grown.
+        let mut writer = writer;
         writer
             .execute_batch("PRAGMA wal_autocheckpoint = 0")
             .map_err(err)?;
+        let wal_length = Arc::new(checkpoint::WalLength::new());
+        let hook_length = wal_length.clone();
+        writer
+            .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: i32| {
+                hook_length.committed(i64::from(frames));
+                Ok(())
+            }))
+            .map_err(err)?;
         let checkpointer = connect(&path, &url, false)?;
+        // Truncating waits for readers while the store's writer is held:
+        // give up quickly and try again on a later turn.
+        checkpointer
+            .busy_timeout(checkpoint::TRUNCATE_WAIT)
+            .map_err(err)?;
         let probe = connect(&path, &url, false)?;
         let waiter = wake::CommitWaiter::new(&path, probe)?;
         let store = SqliteStore {
@@ -205,6 +224,7 @@ impl SqliteStore {
                 }),
                 reader: Mutex::new(reader),
                 waiter,
+                wal_length,
             }),
         };
         checkpoint::start(checkpointer, Arc::downgrade(&store.inner));

@@ -687,3 +687,67 @@ fn an_idle_waiter_uses_no_cpu() {
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("1 passed"), "{stdout}");
 }
+
+// ------------------------------------------------------------ WAL checkpoints
+
+#[tokio::test]
+async fn a_passive_applying_steadily_keeps_its_wal_short() {
+    // The checkpointer acts on the length the writer's commits report and
+    // restarts the WAL under a short hold of the writer. Without either the
+    // WAL grows to the hard limit (and only a truncation, which stalls the
+    // applier, brings it back).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let adb = dir.path().join("a.db");
+    let pdb = dir.path().join("b.db");
+    let a = SqliteStore::create(&adb).await.expect("create");
+    a.init(&params("a", "a")).await.expect("init");
+    let app = app_conn(&adb).expect("open");
+    app.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
+         INSERT INTO projects(name, description) SELECT 'p' || i, hex(randomblob(1500)) FROM n;",
+    )
+    .expect("write");
+    let changes = all(&a).await;
+    let p = SqliteStore::create(&pdb).await.expect("create");
+    p.init(&params("b", "a")).await.expect("init");
+
+    let wal = dir.path().join("b.db-wal");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (wal, stop) = (wal.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut largest = 0;
+            while !stop.load(Ordering::Relaxed) {
+                largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            largest
+        })
+    };
+    for batch in changes.chunks(4) {
+        p.apply(batch, true).await.expect("apply");
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let largest = watch.join().expect("watch");
+    let page: i64 = Connection::open(&pdb)
+        .expect("open")
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    let frames = largest / (page as u64 + 24);
+    // 6,000 rows of ~3 KB are well over the hard limit's worth of frames.
+    assert!(
+        frames < checkpoint::HARD_LIMIT_FRAMES as u64 * 3 / 4,
+        "the passive's WAL grew to {frames} frames (restart at {}, hard limit {})",
+        checkpoint::RESTART_FRAMES,
+        checkpoint::HARD_LIMIT_FRAMES
+    );
+    assert!(
+        frames > 100,
+        "the applies went through the WAL: {frames} frames"
+    );
+    assert_eq!(
+        p.checksums().await.expect("sums"),
+        a.checksums().await.expect("sums")
+    );
+}
