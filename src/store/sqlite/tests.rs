@@ -751,3 +751,35 @@ async fn a_passive_applying_steadily_keeps_its_wal_short() {
         a.checksums().await.expect("sums")
     );
 }
+
+/// The folder watch is armed only while someone waits: once a wait has
+/// returned, the application's writes raise no events at all (each would
+/// wake a watching thread, a cost every writer of the database pays).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_folder_watch_is_disarmed_while_nobody_waits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("a.db");
+    let s = SqliteStore::create(&db).await.expect("create");
+    s.init(&params("a", "a")).await.expect("init");
+    let app = app_conn(&db).expect("open");
+    for i in 0..3 {
+        let (woke, ()) = tokio::join!(s.wait_for_commit(Duration::from_secs(10)), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            app.execute("INSERT INTO projects(name) VALUES (?1)", [format!("p{i}")])
+                .expect("commit");
+        });
+        assert!(woke.expect("wait"), "commit {i} not reported");
+        // More writes after the wait: the one-shot watch has fired and
+        // nothing re-armed it.
+        app.execute("UPDATE projects SET description = 'x'", [])
+            .expect("write");
+        assert_eq!(s.inner.waiter.armed_watches(), 0, "after wait {i}");
+    }
+    // Armed again by the next wait, which sees the writes made meanwhile.
+    assert!(
+        s.wait_for_commit(Duration::from_millis(50))
+            .await
+            .expect("wait")
+    );
+}
