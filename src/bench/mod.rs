@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod failover;
 pub mod logical;
+pub mod pin;
 pub mod replication;
 pub mod snapshot;
 
@@ -79,6 +80,11 @@ pub struct BenchArgs {
     /// after the run's start), to see whether the tail is periodic.
     #[arg(long)]
     pub lag_trace: bool,
+    /// Replication mode (Linux): run the writer on CPU 0 and both agents on
+    /// CPU 1, so the ratio shows whether the agents keep up rather than how
+    /// three busy processes share two cores.
+    #[arg(long)]
+    pub pin: bool,
     /// Seconds of the lag run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,

@@ -59,6 +59,9 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     )?;
     cluster.init_all()?;
 
+    if args.pin {
+        super::pin::pin_process(None, 0)?;
+    }
     // 1. The writer alone, on a database of the active's backend with capture.
     let alone = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_alone").await?;
     crate::store::init_database(&alone.url, &params()).await?;
@@ -67,6 +70,15 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     alone.drop_db().await;
 
     cluster.start_all()?;
+    if args.pin {
+        for id in ["a", "b"] {
+            let pid = cluster
+                .member(id)
+                .pid()
+                .context("an agent without a process")?;
+            super::pin::pin_process(Some(pid), 1)?;
+        }
+    }
     cluster
         .wait_until(
             Duration::from_secs(30),
@@ -134,6 +146,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         "writer_rate_end_to_end_run": (done as f64 / write_secs).round(),
         "rate": args.rate,
         "member_replication": args.member_replication,
+        "pinned": args.pin,
         "agents": {
             "active_rss_kb_idle": idle2.0.0,
             "passive_rss_kb_idle": idle2.1.0,
