@@ -1092,3 +1092,77 @@ mod conformance {
         trim_keeps_newest,
     );
 }
+
+/// An apply commits its rows and its position in one transaction: both row
+/// versions carry the same `xmin`. (The position's UPDATE once went out
+/// behind the COMMIT, as a transaction of its own: an agent killed between
+/// the two restarted with a log row past its position and failed every
+/// re-apply of it on a duplicate key.)
+#[tokio::test]
+async fn an_apply_commits_rows_and_position_in_one_transaction() {
+    let (a_db, a) = fresh("one_tx_active", "a").await;
+    for i in 0..5 {
+        a_db.psql_run(&format!("INSERT INTO projects(name) VALUES ('p{i}')"))
+            .expect("app write");
+    }
+    a.sequence().await.expect("sequence");
+    let changes = a
+        .read_changes(0, 1000, 1 << 20)
+        .await
+        .expect("read")
+        .changes;
+    assert_eq!(changes.len(), 5);
+    let (b_db, b) = fresh("one_tx_passive", "b").await;
+    for (i, batch) in changes.chunks(2).enumerate() {
+        let pos = b.apply(batch, true).await.expect("apply");
+        let c = app_client(&b_db.url).await.expect("client");
+        let xmin = |sql: &'static str| {
+            let c = &c;
+            async move {
+                let row = c.query_one(sql, &[]).await.expect(sql);
+                row.get::<_, String>(0)
+            }
+        };
+        let state = xmin("SELECT xmin::text FROM us_state WHERE id = 1").await;
+        let log = xmin("SELECT xmin::text FROM us_changelog ORDER BY seq DESC LIMIT 1").await;
+        assert_eq!(
+            state, log,
+            "batch {i} (up to {pos}): position and rows in one transaction"
+        );
+    }
+    assert_eq!(b.state().await.expect("state").position, changes[4].pos);
+}
+
+/// A passive whose log holds a row past its recorded position (what the
+/// UPDATE committed apart from its rows left behind) takes the log's head
+/// as its position, as SQLite does: the stream resumes after it and the
+/// re-sent change is a no-op instead of a duplicate key forever.
+#[tokio::test]
+async fn a_log_row_past_the_recorded_position_counts_as_applied() {
+    let (a_db, a) = fresh("past_pos_active", "a").await;
+    for i in 0..4 {
+        a_db.psql_run(&format!("INSERT INTO projects(name) VALUES ('p{i}')"))
+            .expect("app write");
+    }
+    a.sequence().await.expect("sequence");
+    let changes = a
+        .read_changes(0, 1000, 1 << 20)
+        .await
+        .expect("read")
+        .changes;
+    let (b_db, b) = fresh("past_pos_passive", "b").await;
+    b.apply(&changes[..3], true).await.expect("apply");
+    b_db.psql_run("UPDATE us_state SET pos_seq = pos_seq - 1 WHERE id = 1")
+        .expect("rewind the recorded position");
+    assert_eq!(b.state().await.expect("state").position, changes[2].pos);
+    // The active re-sends from where the passive says it is.
+    assert_eq!(
+        b.apply(&changes[2..], true).await.expect("re-apply"),
+        changes[3].pos
+    );
+    assert_eq!(b.state().await.expect("state").position, changes[3].pos);
+    assert_eq!(
+        b.checksums().await.expect("sums"),
+        a.checksums().await.expect("sums")
+    );
+}

@@ -409,6 +409,34 @@ fn sequence_sql() -> String {
     )
 }
 
+/// The change log's head (epoch, seq), NULLs when the log is empty.
+const LOG_HEAD: &str = "(SELECT epoch FROM us_changelog ORDER BY seq DESC LIMIT 1), \
+                        (SELECT seq FROM us_changelog ORDER BY seq DESC LIMIT 1)";
+
+/// A member's position: the recorded one, or the log's head when the log
+/// holds more (as on SQLite). Every write of the log records the position
+/// in the same transaction, so the two agree; a database written before
+/// that held for applies (the position's UPDATE could commit apart from
+/// its rows) recovers here instead of failing every re-apply on a
+/// duplicate key.
+fn position_of(
+    pos_epoch: i64,
+    pos_seq: i64,
+    log_epoch: Option<i64>,
+    log_seq: Option<i64>,
+) -> StoreResult<Position> {
+    match (log_epoch, log_seq) {
+        (Some(e), Some(s)) if s > pos_seq => Ok(Position::new(
+            to_u64(e, "log epoch")?,
+            to_u64(s, "log seq")?,
+        )),
+        _ => Ok(Position::new(
+            to_u64(pos_epoch, "position epoch")?,
+            to_u64(pos_seq, "position seq")?,
+        )),
+    }
+}
+
 fn role_of(s: &str) -> StoreResult<Role> {
     Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown role {s:?}")))
 }
@@ -430,10 +458,12 @@ impl MemberStore for PgStore {
         let c = self.reader.get().await?;
         let row = c
             .query_opt(
-                "SELECT cluster, member, role, epoch, active, pos_epoch, pos_seq, lease_until, \
-                        vote_epoch, vote_candidate, paused, \
-                        EXISTS (SELECT 1 FROM us_snapshot_due) \
-                 FROM us_state WHERE id = 1",
+                &format!(
+                    "SELECT cluster, member, role, epoch, active, pos_epoch, pos_seq, lease_until, \
+                            vote_epoch, vote_candidate, paused, \
+                            EXISTS (SELECT 1 FROM us_snapshot_due), {LOG_HEAD} \
+                     FROM us_state WHERE id = 1"
+                ),
                 &[],
             )
             .await
@@ -459,10 +489,12 @@ impl MemberStore for PgStore {
             role: role_of(&role)?,
             epoch: Epoch(to_u64(row.try_get(3).map_err(g)?, "epoch")?),
             active: active.map(MemberId),
-            position: Position::new(
-                to_u64(row.try_get(5).map_err(g)?, "position epoch")?,
-                to_u64(row.try_get(6).map_err(g)?, "position seq")?,
-            ),
+            position: position_of(
+                row.try_get(5).map_err(g)?,
+                row.try_get(6).map_err(g)?,
+                row.try_get(12).map_err(g)?,
+                row.try_get(13).map_err(g)?,
+            )?,
             lease_until_ms: row.try_get(7).map_err(g)?,
             vote,
             paused: row.try_get(10).map_err(g)?,
@@ -602,7 +634,12 @@ impl MemberStore for PgStore {
                     .await
                     .map_err(|e| self.err(&e))?;
                 let row = match client
-                    .query_opt("SELECT pos_epoch, pos_seq FROM us_state WHERE id = 1", &[])
+                    .query_opt(
+                        &format!(
+                            "SELECT pos_epoch, pos_seq, {LOG_HEAD} FROM us_state WHERE id = 1"
+                        ),
+                        &[],
+                    )
                     .await
                 {
                     Ok(Some(r)) => r,
@@ -618,10 +655,12 @@ impl MemberStore for PgStore {
                     }
                 };
                 let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("us_state: {e}"));
-                let p = Position::new(
-                    to_u64(row.try_get(0).map_err(g)?, "epoch")?,
-                    to_u64(row.try_get(1).map_err(g)?, "seq")?,
-                );
+                let p = position_of(
+                    row.try_get(0).map_err(g)?,
+                    row.try_get(1).map_err(g)?,
+                    row.try_get(2).map_err(g)?,
+                    row.try_get(3).map_err(g)?,
+                )?;
                 (p, true)
             }
         };
@@ -655,16 +694,19 @@ impl MemberStore for PgStore {
         }
         a.open = Some(reached);
         if commit {
+            // The position and the COMMIT in one message, in this order: the
+            // UPDATE must be inside the transaction. (Sent as two concurrent
+            // requests, an unprepared UPDATE goes out behind the COMMIT, since
+            // it is parsed first, and commits on its own.) Integers only, so
+            // formatting them into the statement is safe.
             let (e, s) = (to_i64(reached.epoch, "epoch")?, to_i64(reached.seq, "seq")?);
-            let pos: [&(dyn ToSql + Sync); 2] = [&e, &s];
-            let upd = client.execute(
-                "UPDATE us_state SET pos_epoch = $1, pos_seq = $2 WHERE id = 1",
-                &pos,
-            );
-            let fin = client.batch_execute("COMMIT");
-            let (r1, r2) = futures_util::future::join(upd, fin).await;
+            let done = client
+                .batch_execute(&format!(
+                    "UPDATE us_state SET pos_epoch = {e}, pos_seq = {s} WHERE id = 1; COMMIT"
+                ))
+                .await;
             a.open = None;
-            if let Err(e) = r1.and(r2) {
+            if let Err(e) = done {
                 Self::rollback_quietly(client).await;
                 return Err(self.err(&e));
             }
