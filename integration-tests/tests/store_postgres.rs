@@ -1166,3 +1166,27 @@ async fn a_log_row_past_the_recorded_position_counts_as_applied() {
         a.checksums().await.expect("sums")
     );
 }
+
+/// Sequencing with nothing staged takes no lock, so no transaction id and
+/// no WAL flush: state reads (status polls, head wake-ups) cost the server
+/// no fsync. A locked row's `xmax` names the locker, so it must not move.
+#[tokio::test]
+async fn sequencing_nothing_takes_no_lock() {
+    let (db, s) = fresh("sequence_idle", "a").await;
+    let xmax = || {
+        db.psql_run("SELECT xmax FROM us_state WHERE id = 1")
+            .expect("xmax")
+    };
+    let before = xmax();
+    for _ in 0..3 {
+        assert_eq!(s.sequence().await.expect("sequence"), 0);
+        s.state().await.expect("state");
+    }
+    assert_eq!(xmax(), before, "an idle sequencer locked the state row");
+    db.psql_run("INSERT INTO projects(name) VALUES ('p')")
+        .expect("app write");
+    assert_eq!(
+        s.state().await.expect("state").position,
+        Position::new(1, 1)
+    );
+}

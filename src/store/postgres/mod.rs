@@ -515,8 +515,31 @@ impl MemberStore for PgStore {
     /// cluster's history, so it goes to the divergence quarantine instead of
     /// taking a seq that the active will use for something else.
     async fn sequence(&self) -> StoreResult<u64> {
-        let sql = sequence_sql();
         let c = self.ctl.get().await?;
+        // A read first: the sequencing transaction locks the state row,
+        // which gives it a transaction id and makes its commit wait for a
+        // WAL flush even when nothing is staged. Callers sequence before
+        // every state read, so that flush would come with every status
+        // poll and head wake-up. Rows staged after this read are moved by
+        // the next call (their NOTIFY wakes the head watcher).
+        let staged = c
+            .simple_query("SELECT EXISTS (SELECT 1 FROM us_capture) FROM us_state WHERE id = 1")
+            .await
+            .map_err(|e| self.err(&e))?;
+        let staged = staged.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0) == Some("t")),
+            _ => None,
+        });
+        match staged {
+            None => {
+                return Err(StoreError::NotInitialised {
+                    url: self.redacted_url(),
+                });
+            }
+            Some(false) => return Ok(0),
+            Some(true) => {}
+        }
+        let sql = sequence_sql();
         let msgs = c.simple_query(&sql).await.map_err(|e| self.err(&e))?;
         let mut locked = false;
         let mut moved = 0u64;
