@@ -27,8 +27,9 @@ pub async fn watch_head(
         if *shutdown.borrow() {
             return;
         }
+        // `state` sequences what is staged first (PostgreSQL), so the
+        // position it reports is the head with every committed change.
         let step = async {
-            store.sequence().await?;
             let st = store.state().await?;
             Ok::<Position, crate::store::StoreError>(st.position)
         };

@@ -179,6 +179,8 @@ pub trait MemberStore: Send + Sync {
     async fn init(&self, params: &InitParams) -> StoreResult<InitReport>;
     /// Check the schema is ours and current; does not change anything.
     async fn check_schema(&self) -> StoreResult<()>;
+    /// The replication state. Its position is the head with every change
+    /// committed so far: a backend that stages changes sequences them first.
     async fn state(&self) -> StoreResult<ReplicationState>;
     /// Move captured, committed changes into the change log in commit order
     /// (PostgreSQL); a no-op where capture writes the log directly (SQLite).

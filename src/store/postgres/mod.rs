@@ -652,38 +652,58 @@ impl MemberStore for PgStore {
         let (applied, fresh) = match a.open {
             Some(p) => (p, false),
             None => {
-                client
-                    .batch_execute("BEGIN; SET LOCAL understudy.applying = 'on'")
-                    .await
-                    .map_err(|e| self.err(&e))?;
-                let row = match client
-                    .query_opt(
-                        &format!(
-                            "SELECT pos_epoch, pos_seq, {LOG_HEAD} FROM us_state WHERE id = 1"
-                        ),
-                        &[],
-                    )
-                    .await
-                {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        Self::rollback_quietly(client).await;
-                        return Err(StoreError::NotInitialised {
-                            url: self.redacted_url(),
-                        });
-                    }
+                // One round trip: open the transaction and read where it
+                // starts. Apply commits do not wait for their WAL flush, as a
+                // logical replication subscriber's do not: the rows and the
+                // position commit or vanish together, so a server crash that
+                // loses the last few hundred milliseconds of applies rewinds
+                // the position with them and the stream resends them (the
+                // SQLite passive's `synchronous = NORMAL` makes the same
+                // trade). Votes, roles and leases are separate transactions
+                // and stay synchronous; their flush also makes every earlier
+                // apply durable.
+                let msgs = client
+                    .simple_query(&format!(
+                        "BEGIN; SET LOCAL understudy.applying = 'on'; \
+                         SET LOCAL synchronous_commit = off; \
+                         SELECT pos_epoch, pos_seq, {LOG_HEAD} FROM us_state WHERE id = 1"
+                    ))
+                    .await;
+                let msgs = match msgs {
+                    Ok(m) => m,
                     Err(e) => {
                         Self::rollback_quietly(client).await;
                         return Err(self.err(&e));
                     }
                 };
-                let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("us_state: {e}"));
-                let p = position_of(
-                    row.try_get(0).map_err(g)?,
-                    row.try_get(1).map_err(g)?,
-                    row.try_get(2).map_err(g)?,
-                    row.try_get(3).map_err(g)?,
-                )?;
+                let Some(row) = msgs.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r),
+                    _ => None,
+                }) else {
+                    Self::rollback_quietly(client).await;
+                    return Err(StoreError::NotInitialised {
+                        url: self.redacted_url(),
+                    });
+                };
+                let int = |i: usize| -> StoreResult<Option<i64>> {
+                    row.get(i)
+                        .map(|v| {
+                            v.parse::<i64>().map_err(|_| {
+                                StoreError::Corrupt(format!("us_state: {v:?} is not an integer"))
+                            })
+                        })
+                        .transpose()
+                };
+                let required = |i: usize| -> StoreResult<i64> {
+                    int(i)?.ok_or_else(|| StoreError::Corrupt("us_state: a NULL position".into()))
+                };
+                let p = match (|| position_of(required(0)?, required(1)?, int(2)?, int(3)?))() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        Self::rollback_quietly(client).await;
+                        return Err(e);
+                    }
+                };
                 (p, true)
             }
         };
@@ -710,29 +730,37 @@ impl MemberStore for PgStore {
             todo.push(ch);
         }
         a.open = Some(applied);
-        if let Err(e) = Self::apply_batch(client, stmts, &todo).await {
-            Self::rollback_quietly(client).await;
-            a.open = None;
-            return Err(self.err(&e));
-        }
-        a.open = Some(reached);
-        if commit {
-            // The position and the COMMIT in one message, in this order: the
-            // UPDATE must be inside the transaction. (Sent as two concurrent
-            // requests, an unprepared UPDATE goes out behind the COMMIT, since
-            // it is parsed first, and commits on its own.) Integers only, so
-            // formatting them into the statement is safe.
-            let (e, s) = (to_i64(reached.epoch, "epoch")?, to_i64(reached.seq, "seq")?);
-            let done = client
-                .batch_execute(&format!(
-                    "UPDATE us_state SET pos_epoch = {e}, pos_seq = {s} WHERE id = 1; COMMIT"
-                ))
-                .await;
-            a.open = None;
-            if let Err(e) = done {
+        if !commit {
+            if let Err(e) = Self::apply_batch(client, stmts, &todo).await {
                 Self::rollback_quietly(client).await;
+                a.open = None;
                 return Err(self.err(&e));
             }
+            a.open = Some(reached);
+            return Ok(reached);
+        }
+        // The changes, the position and the COMMIT pipelined in one round
+        // trip, in this order. The changes' statements are prepared, so each
+        // goes out when first polled, and `join` polls them before the
+        // COMMIT's message; the position's UPDATE travels with the COMMIT
+        // in one message (integers only, so formatting them in is safe). An
+        // unprepared statement here would go out behind the COMMIT (it is
+        // parsed first) and commit on its own: the test
+        // `an_apply_commits_rows_and_position_in_one_transaction` checks the
+        // order. If a change fails, the server skips the rest of the message
+        // and the transaction is rolled back below.
+        let (e, s) = (to_i64(reached.epoch, "epoch")?, to_i64(reached.seq, "seq")?);
+        let finish =
+            format!("UPDATE us_state SET pos_epoch = {e}, pos_seq = {s} WHERE id = 1; COMMIT");
+        let (applied_rows, committed) = futures_util::future::join(
+            Self::apply_batch(client, stmts, &todo),
+            client.batch_execute(&finish),
+        )
+        .await;
+        a.open = None;
+        if let Err(e) = applied_rows.and(committed) {
+            Self::rollback_quietly(client).await;
+            return Err(self.err(&e));
         }
         Ok(reached)
     }
