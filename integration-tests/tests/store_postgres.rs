@@ -1093,6 +1093,24 @@ mod conformance {
     );
 }
 
+/// An active member with `n` projects written by the application, and its
+/// change log.
+async fn active_with_projects(hint: &str, n: usize) -> (TestDb, PgStore, Vec<Change>) {
+    let (db, s) = fresh(hint, "a").await;
+    for i in 0..n {
+        db.psql_run(&format!("INSERT INTO projects(name) VALUES ('p{i}')"))
+            .expect("app write");
+    }
+    s.sequence().await.expect("sequence");
+    let changes = s
+        .read_changes(0, 1000, 1 << 20)
+        .await
+        .expect("read")
+        .changes;
+    assert_eq!(changes.len(), n);
+    (db, s, changes)
+}
+
 /// An apply commits its rows and its position in one transaction: both row
 /// versions carry the same `xmin`. (The position's UPDATE once went out
 /// behind the COMMIT, as a transaction of its own: an agent killed between
@@ -1100,18 +1118,7 @@ mod conformance {
 /// re-apply of it on a duplicate key.)
 #[tokio::test]
 async fn an_apply_commits_rows_and_position_in_one_transaction() {
-    let (a_db, a) = fresh("one_tx_active", "a").await;
-    for i in 0..5 {
-        a_db.psql_run(&format!("INSERT INTO projects(name) VALUES ('p{i}')"))
-            .expect("app write");
-    }
-    a.sequence().await.expect("sequence");
-    let changes = a
-        .read_changes(0, 1000, 1 << 20)
-        .await
-        .expect("read")
-        .changes;
-    assert_eq!(changes.len(), 5);
+    let (_a_db, _a, changes) = active_with_projects("one_tx_active", 5).await;
     let (b_db, b) = fresh("one_tx_passive", "b").await;
     for (i, batch) in changes.chunks(2).enumerate() {
         let pos = b.apply(batch, true).await.expect("apply");
@@ -1139,17 +1146,7 @@ async fn an_apply_commits_rows_and_position_in_one_transaction() {
 /// re-sent change is a no-op instead of a duplicate key forever.
 #[tokio::test]
 async fn a_log_row_past_the_recorded_position_counts_as_applied() {
-    let (a_db, a) = fresh("past_pos_active", "a").await;
-    for i in 0..4 {
-        a_db.psql_run(&format!("INSERT INTO projects(name) VALUES ('p{i}')"))
-            .expect("app write");
-    }
-    a.sequence().await.expect("sequence");
-    let changes = a
-        .read_changes(0, 1000, 1 << 20)
-        .await
-        .expect("read")
-        .changes;
+    let (_a_db, a, changes) = active_with_projects("past_pos_active", 4).await;
     let (b_db, b) = fresh("past_pos_passive", "b").await;
     b.apply(&changes[..3], true).await.expect("apply");
     b_db.psql_run("UPDATE us_state SET pos_seq = pos_seq - 1 WHERE id = 1")
