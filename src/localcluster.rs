@@ -108,7 +108,43 @@ pub struct LocalCluster {
     pub options: ClusterOptions,
 }
 
-fn free_port() -> Result<u16, ClusterError> {
+/// A loopback port that is free now, for a process started later to listen
+/// on. Taken below the kernel's ephemeral range where there is room: a port
+/// the OS hands out for `:0` is released before the process binds it, and
+/// in between any outgoing connection on the machine may take it as its
+/// local port (seen: an agent failing with "Address already in use" while
+/// other clusters' agents and databases were connecting). Outgoing
+/// connections never take ports outside the ephemeral range; a process-wide
+/// cursor keeps this process's clusters apart, and the bind check other
+/// listeners.
+pub fn free_port() -> Result<u16, ClusterError> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// Ports below the ephemeral range to cycle through.
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > SPAN + 1024);
+    if let Some(low) = low {
+        let base = low - SPAN;
+        // Start where another process (another pid) is unlikely to be.
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            (std::process::id().wrapping_mul(7919)) % SPAN,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        for _ in 0..SPAN {
+            let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("reading a free port"))?.port())
 }
@@ -496,4 +532,25 @@ pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // Linux USER_HZ is 100 on every supported platform.
     Some((rss, ticks * 10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+        let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a free port")).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for p in &ports {
+            if let Some(low) = low {
+                assert!(*p < low, "port {p} is in the ephemeral range (from {low})");
+            }
+            TcpListener::bind(("127.0.0.1", *p)).expect("still free");
+        }
+    }
 }

@@ -153,9 +153,9 @@ fn as_server_user(program: &Path, root: bool) -> Command {
     }
 }
 
+/// Outside the ephemeral range, as the cluster's ports (see there why).
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("asking the OS for a free port")?;
-    Ok(l.local_addr()?.port())
+    understudy::localcluster::free_port().context("choosing a free port for the server")
 }
 
 struct Proc {
