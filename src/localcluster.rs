@@ -121,25 +121,16 @@ pub fn free_port() -> Result<u16, ClusterError> {
     use std::sync::atomic::{AtomicU32, Ordering};
     /// Ports below the ephemeral range to cycle through.
     const SPAN: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|low| *low > SPAN + 1024);
-    if let Some(low) = low {
-        let base = low - SPAN;
-        // Start where another process (another pid) is unlikely to be.
-        let _ = NEXT.compare_exchange(
-            u32::MAX,
-            (std::process::id().wrapping_mul(7919)) % SPAN,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    if let Some(low) = ephemeral_low().filter(|low| u32::from(*low) > SPAN + 1024) {
+        let base = u32::from(low) - SPAN;
+        // Processes start at different offsets (by pid), calls of one
+        // process follow each other.
+        let offset = std::process::id().wrapping_mul(7919);
         for _ in 0..SPAN {
-            let port = base + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
-            let Ok(port) = u16::try_from(port) else {
-                continue;
-            };
+            let step = offset.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+            // Below `low`, so it fits in a u16.
+            let port = (base + step % SPAN) as u16;
             if TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 return Ok(port);
             }
@@ -147,6 +138,16 @@ pub fn free_port() -> Result<u16, ClusterError> {
     }
     let l = TcpListener::bind("127.0.0.1:0").map_err(io("binding a free port"))?;
     Ok(l.local_addr().map_err(io("reading a free port"))?.port())
+}
+
+/// The first port of the kernel's ephemeral range (Linux), if known.
+fn ephemeral_low() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl LocalCluster {
@@ -540,9 +541,7 @@ mod tests {
 
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok());
+        let low = ephemeral_low();
         let ports: Vec<u16> = (0..50).map(|_| free_port().expect("a free port")).collect();
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");

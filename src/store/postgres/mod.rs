@@ -437,6 +437,28 @@ fn position_of(
     }
 }
 
+/// The position in the row of a simple query selecting `pos_epoch,
+/// pos_seq, LOG_HEAD` (text values); `None` when it returned no row.
+fn position_in(msgs: &[SimpleQueryMessage]) -> StoreResult<Option<Position>> {
+    let Some(row) = msgs.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let int = |i: usize| -> StoreResult<Option<i64>> {
+        row.get(i)
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| StoreError::Corrupt(format!("us_state: {v:?} is not an integer")))
+            })
+            .transpose()
+    };
+    let required =
+        |i: usize| int(i)?.ok_or_else(|| StoreError::Corrupt("us_state: a NULL position".into()));
+    position_of(required(0)?, required(1)?, int(2)?, int(3)?).map(Some)
+}
+
 fn role_of(s: &str) -> StoreResult<Role> {
     Role::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown role {s:?}")))
 }
@@ -669,35 +691,15 @@ impl MemberStore for PgStore {
                          SELECT pos_epoch, pos_seq, {LOG_HEAD} FROM us_state WHERE id = 1"
                     ))
                     .await;
-                let msgs = match msgs {
-                    Ok(m) => m,
-                    Err(e) => {
-                        Self::rollback_quietly(client).await;
-                        return Err(self.err(&e));
-                    }
-                };
-                let Some(row) = msgs.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(r),
-                    _ => None,
-                }) else {
-                    Self::rollback_quietly(client).await;
-                    return Err(StoreError::NotInitialised {
-                        url: self.redacted_url(),
-                    });
-                };
-                let int = |i: usize| -> StoreResult<Option<i64>> {
-                    row.get(i)
-                        .map(|v| {
-                            v.parse::<i64>().map_err(|_| {
-                                StoreError::Corrupt(format!("us_state: {v:?} is not an integer"))
-                            })
+                let started = match msgs {
+                    Ok(m) => position_in(&m).and_then(|p| {
+                        p.ok_or_else(|| StoreError::NotInitialised {
+                            url: self.redacted_url(),
                         })
-                        .transpose()
+                    }),
+                    Err(e) => Err(self.err(&e)),
                 };
-                let required = |i: usize| -> StoreResult<i64> {
-                    int(i)?.ok_or_else(|| StoreError::Corrupt("us_state: a NULL position".into()))
-                };
-                let p = match (|| position_of(required(0)?, required(1)?, int(2)?, int(3)?))() {
+                let p = match started {
                     Ok(p) => p,
                     Err(e) => {
                         Self::rollback_quietly(client).await;
