@@ -1187,3 +1187,102 @@ async fn sequencing_nothing_takes_no_lock() {
         Position::new(1, 1)
     );
 }
+
+/// The set-based apply (one statement per table and kind, the last change
+/// of each row, project deletes kept in place) leaves the tables as the
+/// changes one by one would: random writes over a few rows on an SQLite
+/// active (foreign keys on, so project deletes cascade), its whole log
+/// applied to PostgreSQL as one batch and again in random slices, compared
+/// by checksum with the active.
+#[tokio::test]
+async fn a_batch_applies_as_its_changes_would_one_by_one() {
+    use understudy::store::sqlite::SqliteStore;
+    let seed: u64 = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_205);
+    println!("seed {seed} (rerun with TEST_SEED={seed})");
+    let mut rng = Rng(seed | 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("a.db");
+    let active = SqliteStore::create(&path).await.expect("sqlite");
+    active.init(&params("a")).await.expect("init");
+    let app = rusqlite::Connection::open(&path).expect("app conn");
+    app.execute_batch("PRAGMA foreign_keys = ON")
+        .expect("fk on");
+    let mut accepted = 0;
+    for i in 0..600 {
+        let p = format!("p{}", rng.below(3));
+        let j = format!("j{}", rng.below(8));
+        let k = format!("k{}", rng.below(4));
+        let sql = match rng.below(10) {
+            0 => format!("DELETE FROM projects WHERE name = '{p}'"),
+            1 => format!(
+                "UPDATE projects SET name = 'p{}' WHERE name = '{p}'",
+                rng.below(3)
+            ),
+            2 => format!(
+                "INSERT INTO projects(name, description) VALUES ('{p}', 'd{i}') \
+                 ON CONFLICT(name) DO UPDATE SET description = excluded.description"
+            ),
+            3 => format!("DELETE FROM jobs WHERE id = '{j}'"),
+            4 => format!("DELETE FROM keys WHERE path = '{k}'"),
+            5 | 6 => format!(
+                "INSERT INTO keys(path, kind, content, meta) VALUES ('{k}', 'password', X'{i:04x}', 'm{i}') \
+                 ON CONFLICT(path) DO UPDATE SET content = excluded.content, meta = excluded.meta"
+            ),
+            _ => format!(
+                "INSERT INTO jobs(id, project, name, definition) VALUES ('{j}', '{p}', 'n{i}', 'def {i}') \
+                 ON CONFLICT(id) DO UPDATE SET project = excluded.project, name = excluded.name, \
+                 definition = excluded.definition"
+            ),
+        };
+        // Writes the foreign key refuses (a job in a missing project, a
+        // rename of a project with jobs) are the application's errors.
+        if app.execute_batch(&sql).is_ok() {
+            accepted += 1;
+        }
+    }
+    assert!(accepted > 300, "only {accepted} writes were accepted");
+    active.sequence().await.expect("sequence");
+    let log = active
+        .read_changes(0, 100_000, 1 << 30)
+        .await
+        .expect("read")
+        .changes;
+    let deletes = log
+        .iter()
+        .filter(|c| matches!(c.op, ChangeOp::Delete { .. }))
+        .count();
+    assert!(deletes > 50, "the log has only {deletes} deletes");
+    let want = active.checksums().await.expect("sums");
+
+    let (_whole_db, whole) = fresh("batch_whole", "b").await;
+    whole.apply(&log, true).await.expect("one batch");
+    assert_eq!(
+        whole.checksums().await.expect("sums"),
+        want,
+        "one batch, seed {seed}"
+    );
+
+    let (_sliced_db, sliced) = fresh("batch_sliced", "c").await;
+    let mut at = 0;
+    while at < log.len() {
+        let n = (1 + rng.below(40) as usize).min(log.len() - at);
+        let commit = rng.below(3) > 0 || at + n == log.len();
+        sliced
+            .apply(&log[at..at + n], commit)
+            .await
+            .unwrap_or_else(|e| panic!("slice at {at}, seed {seed}: {e}"));
+        at += n;
+    }
+    assert_eq!(
+        sliced.checksums().await.expect("sums"),
+        want,
+        "slices, seed {seed}"
+    );
+    assert_eq!(
+        sliced.state().await.expect("state").position,
+        log.last().expect("a log").pos
+    );
+}

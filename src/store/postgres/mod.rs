@@ -13,6 +13,7 @@
 //! stay open across calls, so nothing else may run on it) and the LISTEN
 //! connection. Each reconnects on the next call after the server went away.
 
+mod batch;
 mod conn;
 mod divergence;
 pub mod schema;
@@ -28,12 +29,13 @@ use crate::model::{
     Change, ChangeOp, Entity, Epoch, JobRow, KeyRow, MemberId, Position, ProjectRow, Role,
     RowImage, Secret,
 };
+use batch::ApplyStmts;
 use conn::{ClientSlot, Listener, query_error};
 use futures_util::{TryStreamExt, pin_mut};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 const OP_UPSERT: i16 = 1;
 const OP_DELETE: i16 = 2;
@@ -63,19 +65,6 @@ struct ApplyConn {
     open: Option<Position>,
     /// `Some(snapshot position)` while a snapshot install transaction is open.
     installing: Option<Position>,
-}
-
-struct ApplyStmts {
-    up: [Statement; 3],
-    del: [Statement; 3],
-}
-
-fn entity_index(e: Entity) -> usize {
-    match e {
-        Entity::Project => 0,
-        Entity::Job => 1,
-        Entity::Key => 2,
-    }
 }
 
 fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
@@ -163,131 +152,9 @@ impl PgStore {
         }
     }
 
-    async fn prepare_apply(client: &Client) -> Result<ApplyStmts, tokio_postgres::Error> {
-        let up_project = client
-            .prepare(
-                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, t1, t2, updated_at) \
-                            VALUES ($1, $2, 1, 1, $3, $4, $5, $6)) \
-                 INSERT INTO projects (name, description, config, updated_at) VALUES ($3, $4, $5, $6) \
-                 ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, \
-                     config = EXCLUDED.config, updated_at = EXCLUDED.updated_at",
-            )
-            .await?;
-        let up_job = client
-            .prepare(
-                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, \
-                                t1, t2, t3, t4, t5, t6, t7, f1, f2, updated_at) \
-                            VALUES ($1, $2, 2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)) \
-                 INSERT INTO jobs (id, project, name, group_path, description, definition, schedule, \
-                                   owner_member, schedule_enabled, execution_enabled, updated_at) \
-                 VALUES ($3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                 ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name, \
-                     group_path = EXCLUDED.group_path, description = EXCLUDED.description, \
-                     definition = EXCLUDED.definition, schedule = EXCLUDED.schedule, \
-                     owner_member = EXCLUDED.owner_member, schedule_enabled = EXCLUDED.schedule_enabled, \
-                     execution_enabled = EXCLUDED.execution_enabled, updated_at = EXCLUDED.updated_at",
-            )
-            .await?;
-        let up_key = client
-            .prepare(
-                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key, t1, t2, content, updated_at) \
-                            VALUES ($1, $2, 3, 1, $3, $4, $5, $6, $7)) \
-                 INSERT INTO keys (path, kind, meta, content, updated_at) VALUES ($3, $4, $5, $6, $7) \
-                 ON CONFLICT (path) DO UPDATE SET kind = EXCLUDED.kind, meta = EXCLUDED.meta, \
-                     content = EXCLUDED.content, updated_at = EXCLUDED.updated_at",
-            )
-            .await?;
-        let del = |entity: i16, table: &str, pk: &str| {
-            format!(
-                "WITH l AS (INSERT INTO us_changelog (seq, epoch, entity, op, key) \
-                            VALUES ($1, $2, {entity}, {OP_DELETE}, $3)) \
-                 DELETE FROM {table} WHERE {pk} = $3"
-            )
-        };
-        let del_project = client.prepare(&del(1, "projects", "name")).await?;
-        let del_job = client.prepare(&del(2, "jobs", "id")).await?;
-        let del_key = client.prepare(&del(3, "keys", "path")).await?;
-        Ok(ApplyStmts {
-            up: [up_project, up_job, up_key],
-            del: [del_project, del_job, del_key],
-        })
-    }
-
-    /// Run one batch of changes inside the open apply transaction. Statements
-    /// are pipelined (sent back to back, answers read after), in order.
-    async fn apply_batch(
-        client: &Client,
-        stmts: &ApplyStmts,
-        todo: &[&Change],
-    ) -> Result<(), tokio_postgres::Error> {
-        // Owned parameter values first, so the futures can borrow them.
-        let params: Vec<ApplyParams> = todo.iter().map(|c| ApplyParams::of(c)).collect();
-        let refs: Vec<Vec<&(dyn ToSql + Sync)>> = params.iter().map(ApplyParams::refs).collect();
-        let futs = todo.iter().zip(&refs).map(|(c, p)| {
-            let stmt = match &c.op {
-                ChangeOp::Upsert(r) => &stmts.up[entity_index(r.entity())],
-                ChangeOp::Delete { entity, .. } => &stmts.del[entity_index(*entity)],
-            };
-            client.execute(stmt, p)
-        });
-        futures_util::future::try_join_all(futs).await?;
-        Ok(())
-    }
-
     async fn rollback_quietly(client: &Client) {
         // The transaction may already be gone with the connection.
         let _ = client.batch_execute("ROLLBACK").await;
-    }
-}
-
-/// Parameters of one apply statement, in the order of its prepared SQL.
-struct ApplyParams {
-    vals: Vec<Box<dyn ToSql + Sync + Send>>,
-}
-
-impl ApplyParams {
-    fn of(c: &Change) -> ApplyParams {
-        // Positions were range-checked before.
-        let seq = i64::try_from(c.pos.seq).unwrap_or(i64::MAX);
-        let epoch = i64::try_from(c.pos.epoch).unwrap_or(i64::MAX);
-        let mut vals: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(seq), Box::new(epoch)];
-        match &c.op {
-            ChangeOp::Upsert(RowImage::Project(p)) => {
-                vals.push(Box::new(p.name.clone()));
-                vals.push(Box::new(p.description.clone()));
-                vals.push(Box::new(p.config.clone()));
-                vals.push(Box::new(p.updated_at));
-            }
-            ChangeOp::Upsert(RowImage::Job(j)) => {
-                vals.push(Box::new(j.id.clone()));
-                vals.push(Box::new(j.project.clone()));
-                vals.push(Box::new(j.name.clone()));
-                vals.push(Box::new(j.group_path.clone()));
-                vals.push(Box::new(j.description.clone()));
-                vals.push(Box::new(j.definition.clone()));
-                vals.push(Box::new(j.schedule.clone()));
-                vals.push(Box::new(j.owner_member.clone()));
-                vals.push(Box::new(j.schedule_enabled));
-                vals.push(Box::new(j.execution_enabled));
-                vals.push(Box::new(j.updated_at));
-            }
-            ChangeOp::Upsert(RowImage::Key(k)) => {
-                vals.push(Box::new(k.path.clone()));
-                vals.push(Box::new(k.kind.clone()));
-                vals.push(Box::new(k.meta.clone()));
-                vals.push(Box::new(k.content.expose().to_vec()));
-                vals.push(Box::new(k.updated_at));
-            }
-            ChangeOp::Delete { key, .. } => vals.push(Box::new(key.clone())),
-        }
-        ApplyParams { vals }
-    }
-
-    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.vals
-            .iter()
-            .map(|v| v.as_ref() as &(dyn ToSql + Sync))
-            .collect()
     }
 }
 
@@ -662,7 +529,7 @@ impl MemberStore for PgStore {
         }
         if a.conn.is_none() {
             let client = conn::connect(&self.url).await?;
-            let stmts = Self::prepare_apply(&client)
+            let stmts = ApplyStmts::prepare(&client)
                 .await
                 .map_err(|e| self.err(&e))?;
             a.conn = Some((client, stmts));
@@ -733,7 +600,7 @@ impl MemberStore for PgStore {
         }
         a.open = Some(applied);
         if !commit {
-            if let Err(e) = Self::apply_batch(client, stmts, &todo).await {
+            if let Err(e) = batch::execute(client, stmts, &todo).await {
                 Self::rollback_quietly(client).await;
                 a.open = None;
                 return Err(self.err(&e));
@@ -755,7 +622,7 @@ impl MemberStore for PgStore {
         let finish =
             format!("UPDATE us_state SET pos_epoch = {e}, pos_seq = {s} WHERE id = 1; COMMIT");
         let (applied_rows, committed) = futures_util::future::join(
-            Self::apply_batch(client, stmts, &todo),
+            batch::execute(client, stmts, &todo),
             client.batch_execute(&finish),
         )
         .await;

@@ -20,6 +20,7 @@
 //! before A commits, then reads the tables through cursors for as long as the
 //! copy takes. A commits at once, so the lock is held for milliseconds.
 
+use super::batch::{Columns, insert_sql};
 use super::conn::{self, query_error};
 use super::{PgStore, sequence_sql, table_row, to_i64, to_u64};
 use crate::model::{Entity, Position, RowImage};
@@ -253,7 +254,7 @@ impl PgStore {
         a.installing = None;
         if a.conn.is_none() {
             let client = conn::connect(&self.url).await?;
-            let stmts = Self::prepare_apply(&client)
+            let stmts = super::batch::ApplyStmts::prepare(&client)
                 .await
                 .map_err(|e| self.err(&e))?;
             a.conn = Some((client, stmts));
@@ -342,101 +343,6 @@ async fn insert_run(
     entity: Entity,
     rows: &[RowImage],
 ) -> Result<u64, tokio_postgres::Error> {
-    match entity {
-        Entity::Project => {
-            let mut name = Vec::with_capacity(rows.len());
-            let mut desc = Vec::with_capacity(rows.len());
-            let mut config = Vec::with_capacity(rows.len());
-            let mut at = Vec::with_capacity(rows.len());
-            for r in rows {
-                if let RowImage::Project(p) = r {
-                    name.push(p.name.as_str());
-                    desc.push(p.description.as_deref());
-                    config.push(p.config.as_deref());
-                    at.push(p.updated_at);
-                }
-            }
-            client
-                .execute(
-                    "INSERT INTO projects (name, description, config, updated_at) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])",
-                    &[&name, &desc, &config, &at],
-                )
-                .await
-        }
-        Entity::Job => {
-            let n = rows.len();
-            let (mut id, mut project, mut name) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut group, mut desc, mut def, mut sched) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            let (mut se, mut ee, mut owner, mut at) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for r in rows {
-                if let RowImage::Job(j) = r {
-                    id.push(j.id.as_str());
-                    project.push(j.project.as_str());
-                    name.push(j.name.as_str());
-                    group.push(j.group_path.as_deref());
-                    desc.push(j.description.as_deref());
-                    def.push(j.definition.as_deref());
-                    sched.push(j.schedule.as_deref());
-                    se.push(j.schedule_enabled);
-                    ee.push(j.execution_enabled);
-                    owner.push(j.owner_member.as_deref());
-                    at.push(j.updated_at);
-                }
-            }
-            client
-                .execute(
-                    "INSERT INTO jobs (id, project, name, group_path, description, definition, \
-                         schedule, schedule_enabled, execution_enabled, owner_member, updated_at) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                         $5::text[], $6::text[], $7::text[], $8::bool[], $9::bool[], $10::text[], \
-                         $11::bigint[])",
-                    &[
-                        &id, &project, &name, &group, &desc, &def, &sched, &se, &ee, &owner, &at,
-                    ],
-                )
-                .await
-        }
-        Entity::Key => {
-            let n = rows.len();
-            let (mut path, mut kind, mut content, mut meta, mut at) = (
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-                Vec::with_capacity(n),
-            );
-            for r in rows {
-                if let RowImage::Key(k) = r {
-                    path.push(k.path.as_str());
-                    kind.push(k.kind.as_str());
-                    content.push(k.content.expose());
-                    meta.push(k.meta.as_deref());
-                    at.push(k.updated_at);
-                }
-            }
-            client
-                .execute(
-                    "INSERT INTO keys (path, kind, content, meta, updated_at) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], \
-                         $5::bigint[])",
-                    &[&path, &kind, &content, &meta, &at],
-                )
-                .await
-        }
-    }
+    let cols = Columns::of_images(entity, rows.iter());
+    client.execute(insert_sql(entity), &cols.params()).await
 }
