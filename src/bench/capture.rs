@@ -31,9 +31,24 @@ pub(crate) struct BenchDb {
 
 impl BenchDb {
     pub async fn create(backend: Backend, server: Option<&str>, name: &str) -> Result<BenchDb> {
+        Self::create_in(backend, server, name, None).await
+    }
+
+    /// As [`BenchDb::create`], an SQLite database in a temporary folder
+    /// under `parent` when given (the system's temporary folder otherwise).
+    pub async fn create_in(
+        backend: Backend,
+        server: Option<&str>,
+        name: &str,
+        parent: Option<&std::path::Path>,
+    ) -> Result<BenchDb> {
         match backend {
             Backend::Sqlite => {
-                let dir = tempfile::tempdir()?;
+                let dir = match parent {
+                    Some(p) => tempfile::tempdir_in(p)
+                        .with_context(|| format!("a temporary folder in {}", p.display()))?,
+                    None => tempfile::tempdir()?,
+                };
                 let url = DatabaseUrl::Sqlite(dir.path().join(format!("{name}.db")));
                 Ok(BenchDb {
                     url,

@@ -85,6 +85,12 @@ pub struct BenchArgs {
     /// three busy processes share two cores.
     #[arg(long)]
     pub pin: bool,
+    /// Replication mode, SQLite passive: put the passive's database in a
+    /// folder under DIR instead of the system's temporary folder, e.g. on
+    /// another disk, as a passive on another host would be (on one disk
+    /// the two databases share its bandwidth; see BENCHMARKS.md).
+    #[arg(long, value_name = "DIR")]
+    pub passive_dir: Option<std::path::PathBuf>,
     /// Seconds of the lag run.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,

@@ -7,17 +7,28 @@
 //! Must never: run as a test.
 
 use super::capture::{BenchDb, params, write_rate};
-use super::{BenchArgs, LagSample, lag_fields};
+use super::{Backend, BenchArgs, LagSample, lag_fields};
 use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
 use crate::model::{ChangeOp, RowImage};
 use crate::store::{AnyStore, MemberStore};
 use crate::workload::{AppConn, Workload, now_ms};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// The writer alone on a fresh database of the active's backend with
+/// capture (no agent watches it), in mutations per second.
+async fn alone_rate(args: &BenchArgs) -> Result<f64> {
+    let alone = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_alone").await?;
+    crate::store::init_database(&alone.url, &params()).await?;
+    eprintln!("bench: writer alone, {} ops", args.ops);
+    let rate = write_rate(&alone.url, args.ops, args.tx_size, args.seed).await;
+    alone.drop_db().await;
+    rate
+}
 
 fn usage(c: &LocalCluster, id: &str) -> (u64, u64) {
     c.member(id).pid().and_then(proc_usage).unwrap_or((0, 0))
@@ -25,13 +36,22 @@ fn usage(c: &LocalCluster, id: &str) -> (u64, u64) {
 
 pub async fn run(args: &BenchArgs) -> Result<Value> {
     let passive_backend = args.passive_backend.unwrap_or(args.backend);
+    if args.passive_dir.is_some() && passive_backend != Backend::Sqlite {
+        bail!("--passive-dir places an SQLite passive's database; this passive is on PostgreSQL");
+    }
     let dir = tempfile::tempdir()?;
     let db_a = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_a").await?;
     let passive_server = args
         .passive_database_url
         .as_deref()
         .or(args.database_url.as_deref());
-    let db_b = BenchDb::create(passive_backend, passive_server, "repl_b").await?;
+    let db_b = BenchDb::create_in(
+        passive_backend,
+        passive_server,
+        "repl_b",
+        args.passive_dir.as_deref(),
+    )
+    .await?;
     let bin = std::env::current_exe().context("locating the understudy binary")?;
     let options = ClusterOptions {
         cluster: "bench".into(),
@@ -63,11 +83,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         super::pin::pin_process(None, 0)?;
     }
     // 1. The writer alone, on a database of the active's backend with capture.
-    let alone = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_alone").await?;
-    crate::store::init_database(&alone.url, &params()).await?;
-    eprintln!("bench: writer alone, {} ops", args.ops);
-    let source_rate = write_rate(&alone.url, args.ops, args.tx_size, args.seed).await?;
-    alone.drop_db().await;
+    let alone_before = alone_rate(args).await?;
 
     cluster.start_all()?;
     if args.pin {
@@ -129,6 +145,13 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     let lags = lag_run(&mut app, &mut w, &db_b.url, args.rate, args.seconds).await?;
     let after = (usage(&cluster, "a"), usage(&cluster, "b"));
 
+    // 4. The writer alone again (the agents idle, their databases untouched),
+    // now that the machine is as warm as in the end-to-end run. The higher
+    // of the two alone rates is the reference, so neither warm-up nor a slow
+    // first run can flatter the ratio.
+    let alone_after = alone_rate(args).await?;
+    let source_rate = alone_before.max(alone_after);
+
     let cpu_pct = |a: u64, b: u64, secs: f64| {
         ((b.saturating_sub(a)) as f64 / 10.0 / secs * 10.0).round() / 10.0
     };
@@ -141,12 +164,14 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
         "tx_size": args.tx_size,
         "seed": args.seed,
         "source_rate": source_rate.round(),
+        "source_rate_runs": [alone_before.round(), alone_after.round()],
         "replicated_rate": replicated_rate.round(),
         "replicated_ratio": (replicated_rate / source_rate * 1000.0).round() / 1000.0,
         "writer_rate_end_to_end_run": (done as f64 / write_secs).round(),
         "rate": args.rate,
         "member_replication": args.member_replication,
         "pinned": args.pin,
+        "passive_dir": args.passive_dir.as_ref().map(|d| d.display().to_string()),
         "agents": {
             "active_rss_kb_idle": idle2.0.0,
             "passive_rss_kb_idle": idle2.1.0,
