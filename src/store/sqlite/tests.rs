@@ -93,6 +93,14 @@ fn params(member: &str, initial: &str) -> InitParams {
     }
 }
 
+/// A new member database at `path`, initialised as `member` of a cluster
+/// whose initial active is `initial`.
+async fn initialised(path: &Path, member: &str, initial: &str) -> SqliteStore {
+    let s = SqliteStore::create(path).await.expect("create");
+    s.init(&params(member, initial)).await.expect("init");
+    s
+}
+
 async fn all(s: &SqliteStore) -> Vec<Change> {
     s.read_changes(0, usize::MAX, usize::MAX)
         .await
@@ -164,10 +172,8 @@ async fn shell_write_on_a_passive_is_refused_naming_the_active() {
     let dir = tempfile::tempdir().expect("tempdir");
     let adb = dir.path().join("a.db");
     let pdb = dir.path().join("b.db");
-    let a = SqliteStore::create(&adb).await.expect("create");
-    a.init(&params("a", "a")).await.expect("init");
-    let p = SqliteStore::create(&pdb).await.expect("create");
-    p.init(&params("b", "a")).await.expect("init");
+    let a = initialised(&adb, "a", "a").await;
+    let p = initialised(&pdb, "b", "a").await;
 
     let (ok, _) = shell(&adb, "INSERT INTO projects(name) VALUES ('from-shell');");
     assert!(ok, "the initial active accepts shell writes");
@@ -213,8 +219,7 @@ async fn shell_write_on_a_passive_is_refused_naming_the_active() {
 async fn shell_project_delete_captures_its_jobs_without_foreign_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let a = SqliteStore::create(&db).await.expect("create");
-    a.init(&params("a", "a")).await.expect("init");
+    let a = initialised(&db, "a", "a").await;
     let (ok, stderr) = shell(
         &db,
         "BEGIN;
@@ -274,8 +279,7 @@ async fn concurrent_shell_writers_ship_whole_transactions_in_commit_order() {
     const ROWS: usize = 3;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    s.init(&params("a", "a")).await.expect("init");
+    let s = initialised(&db, "a", "a").await;
     sqlite3_available();
     let mut guards = Vec::new();
     for w in 0..WRITERS {
@@ -482,8 +486,7 @@ async fn init_accepts_application_tables_of_the_right_shape() {
 async fn init_refuses_another_members_database() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    s.init(&params("a", "a")).await.expect("init");
+    let s = initialised(&db, "a", "a").await;
     let e = s.init(&params("b", "a")).await.expect_err("other member");
     assert!(e.to_string().contains("belongs to member a"), "{e}");
 }
@@ -492,8 +495,7 @@ async fn init_refuses_another_members_database() {
 async fn check_schema_notices_a_dropped_capture_trigger() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    s.init(&params("a", "a")).await.expect("init");
+    let s = initialised(&db, "a", "a").await;
     Connection::open(&db)
         .expect("open")
         .execute_batch("DROP TRIGGER us_capture_keys_upd")
@@ -532,10 +534,7 @@ async fn a_folder_that_cannot_be_created_is_a_clear_error() {
 #[tokio::test]
 async fn state_changes_roll_back_an_open_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = SqliteStore::create(&dir.path().join("a.db"))
-        .await
-        .expect("a");
-    a.init(&params("a", "a")).await.expect("init");
+    let a = initialised(&dir.path().join("a.db"), "a", "a").await;
     let adb = dir.path().join("a.db");
     app_conn(&adb)
         .expect("open")
@@ -544,10 +543,7 @@ async fn state_changes_roll_back_an_open_apply() {
         )
         .expect("write");
     let src = all(&a).await;
-    let p = SqliteStore::create(&dir.path().join("b.db"))
-        .await
-        .expect("b");
-    p.init(&params("b", "a")).await.expect("init");
+    let p = initialised(&dir.path().join("b.db"), "b", "a").await;
     p.apply(&src[..1], false).await.expect("open apply");
     // A vote must be durable at once, so it ends the open apply.
     p.record_vote(&Vote {
@@ -574,8 +570,7 @@ async fn a_waiter_sees_commits_within_milliseconds() {
     const N: usize = 50;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = Arc::new(SqliteStore::create(&db).await.expect("create"));
-    s.init(&params("a", "a")).await.expect("init");
+    let s = Arc::new(initialised(&db, "a", "a").await);
     s.wait_for_commit(Duration::from_millis(10))
         .await
         .expect("drain");
@@ -634,8 +629,7 @@ fn process_cpu() -> Duration {
 async fn idle_probe() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    s.init(&params("a", "a")).await.expect("init");
+    let s = initialised(&db, "a", "a").await;
     s.wait_for_commit(Duration::from_millis(10))
         .await
         .expect("drain");
@@ -699,8 +693,7 @@ async fn a_passive_applying_steadily_keeps_its_wal_short() {
     let dir = tempfile::tempdir().expect("tempdir");
     let adb = dir.path().join("a.db");
     let pdb = dir.path().join("b.db");
-    let a = SqliteStore::create(&adb).await.expect("create");
-    a.init(&params("a", "a")).await.expect("init");
+    let a = initialised(&adb, "a", "a").await;
     let app = app_conn(&adb).expect("open");
     app.execute_batch(
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 6000)
@@ -708,8 +701,7 @@ async fn a_passive_applying_steadily_keeps_its_wal_short() {
     )
     .expect("write");
     let changes = all(&a).await;
-    let p = SqliteStore::create(&pdb).await.expect("create");
-    p.init(&params("b", "a")).await.expect("init");
+    let p = initialised(&pdb, "b", "a").await;
 
     let wal = dir.path().join("b.db-wal");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -760,8 +752,7 @@ async fn a_passive_applying_steadily_keeps_its_wal_short() {
 async fn the_folder_watch_is_disarmed_while_nobody_waits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    s.init(&params("a", "a")).await.expect("init");
+    let s = initialised(&db, "a", "a").await;
     let app = app_conn(&db).expect("open");
     for i in 0..3 {
         let (woke, ()) = tokio::join!(s.wait_for_commit(Duration::from_secs(10)), async {
