@@ -70,7 +70,12 @@ fn params(member: &str, initial_active: &str) -> InitParams {
     }
 }
 
-fn project(name: &str, description: Option<&str>, config: Option<&str>, at: i64) -> RowImage {
+pub(crate) fn project(
+    name: &str,
+    description: Option<&str>,
+    config: Option<&str>,
+    at: i64,
+) -> RowImage {
     RowImage::Project(ProjectRow {
         name: name.into(),
         description: description.map(Into::into),
@@ -79,7 +84,7 @@ fn project(name: &str, description: Option<&str>, config: Option<&str>, at: i64)
     })
 }
 
-fn job(id: &str, project: &str, name: &str, at: i64) -> JobRow {
+pub(crate) fn job(id: &str, project: &str, name: &str, at: i64) -> JobRow {
     JobRow {
         id: id.into(),
         project: project.into(),
@@ -95,7 +100,7 @@ fn job(id: &str, project: &str, name: &str, at: i64) -> JobRow {
     }
 }
 
-fn key(path: &str, kind: &str, content: &[u8], meta: Option<&str>, at: i64) -> RowImage {
+pub(crate) fn key(path: &str, kind: &str, content: &[u8], meta: Option<&str>, at: i64) -> RowImage {
     RowImage::Key(KeyRow {
         path: path.into(),
         kind: kind.into(),
@@ -105,7 +110,7 @@ fn key(path: &str, kind: &str, content: &[u8], meta: Option<&str>, at: i64) -> R
     })
 }
 
-fn del(entity: Entity, k: &str) -> ChangeOp {
+pub(crate) fn del(entity: Entity, k: &str) -> ChangeOp {
     ChangeOp::Delete {
         entity,
         key: k.into(),

@@ -522,7 +522,8 @@ fn entity_code(e: Entity) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{JobRow, KeyRow, Position, ProjectRow, Secret};
+    use crate::model::Position;
+    use crate::store::conformance::{self, del};
 
     fn at(seq: u64, op: ChangeOp) -> Change {
         Change {
@@ -531,42 +532,13 @@ mod tests {
         }
     }
     fn project(name: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(RowImage::Project(ProjectRow {
-            name: name.into(),
-            description: None,
-            config: None,
-            updated_at: v,
-        }))
+        ChangeOp::Upsert(conformance::project(name, None, None, v))
     }
     fn job(id: &str, project: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(RowImage::Job(JobRow {
-            id: id.into(),
-            project: project.into(),
-            name: id.into(),
-            group_path: None,
-            description: None,
-            definition: None,
-            schedule: None,
-            schedule_enabled: true,
-            execution_enabled: true,
-            owner_member: None,
-            updated_at: v,
-        }))
+        ChangeOp::Upsert(RowImage::Job(conformance::job(id, project, id, v)))
     }
     fn key(path: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(RowImage::Key(KeyRow {
-            path: path.into(),
-            kind: "password".into(),
-            content: Secret(vec![1]),
-            meta: None,
-            updated_at: v,
-        }))
-    }
-    fn del(entity: Entity, k: &str) -> ChangeOp {
-        ChangeOp::Delete {
-            entity,
-            key: k.into(),
-        }
+        ChangeOp::Upsert(conformance::key(path, "password", &[1], None, v))
     }
     /// The plan as readable lines: "up job j1@2" / "del key k".
     fn show(changes: &[Change]) -> Vec<String> {
