@@ -17,7 +17,7 @@ use crate::control::driver::{
 use crate::control::peer_net::TlsPeerNet;
 use crate::control::{Command, CommandRefusal, EngineConfig, Message, Notice, PersistedState};
 use crate::control::{Status, SwitchoverFailure};
-use crate::model::{MemberId, Role};
+use crate::model::{Epoch, MemberId, Role};
 use crate::replication::NodeCtx;
 use crate::status::control::{ControlInbox, ControlOutcome, ControlRequest};
 use crate::status::metrics::Metrics;
@@ -259,9 +259,14 @@ pub async fn hand_over_before_stop(
         })
         .await
         .ok()?;
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(within, answer).await {
         Ok(Ok(o)) => match outcome_of(&command, &o) {
-            ControlOutcome::Done(_) => Some(to),
+            ControlOutcome::Done(_) => {
+                let left = within.saturating_sub(started.elapsed());
+                await_takeover(status, &to, s.epoch, left.min(failover_timeout)).await;
+                Some(to)
+            }
             other => {
                 tracing::warn!(outcome = ?other, "graceful stop: handover did not happen");
                 None
@@ -271,5 +276,111 @@ pub async fn hand_over_before_stop(
             tracing::warn!("graceful stop: handover did not finish in time");
             None
         }
+    }
+}
+
+/// After the handover message is queued: wait until `to` is heard as the
+/// active of a newer epoch than `from_epoch`, at most `within`. The control
+/// streams stop with the agent and drop what is still queued, so stopping
+/// at once could lose the handover itself, and with automatic failover off
+/// nobody would take over. Returns whether the takeover was seen.
+pub async fn await_takeover(
+    status: &watch::Receiver<Status>,
+    to: &MemberId,
+    from_epoch: Epoch,
+    within: Duration,
+) -> bool {
+    let mut rx = status.clone();
+    let seen = tokio::time::timeout(
+        within,
+        rx.wait_for(|s| s.active.as_ref() == Some(to) && s.epoch > from_epoch),
+    )
+    .await;
+    match seen {
+        Ok(Ok(_)) => true,
+        _ => {
+            tracing::warn!(
+                to = %to,
+                waited_ms = u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
+                "graceful stop: the handover was sent but {to} has not been heard as the \
+                 active yet; this member stays fenced (with automatic failover on, the \
+                 others elect an active after failover_timeout)"
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{Engine, Voter};
+    use crate::model::Position;
+
+    /// The status of member `a`, active in epoch 1 of a three-member cluster.
+    fn active_a() -> Status {
+        let cfg = EngineConfig {
+            me: MemberId::new("a"),
+            voters: ["a", "b", "c"]
+                .iter()
+                .map(|m| Voter {
+                    id: MemberId::new(*m),
+                    witness: false,
+                })
+                .collect(),
+            heartbeat_interval: 100,
+            lease_timeout: 250,
+            failover_timeout: 300,
+            switchover_timeout: 3000,
+            max_failover_lag: 1000,
+            auto_failover: false,
+            no_failover: false,
+            priority: 0,
+            promote_hook_blocks: false,
+        };
+        let persisted = PersistedState {
+            epoch: Epoch(1),
+            active: Some(MemberId::new("a")),
+            role: Role::Active,
+            vote: None,
+            paused: false,
+            position: Position::new(1, 3),
+        };
+        let (engine, _) = Engine::new(cfg, persisted, 0).expect("engine");
+        engine.status(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_active_waits_until_its_successor_is_heard_as_active() {
+        let before = active_a();
+        let (tx, rx) = watch::channel(before.clone());
+        let waiting = tokio::spawn(async move {
+            await_takeover(&rx, &MemberId::new("c"), Epoch(1), Duration::from_secs(3)).await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "returned before c was heard");
+        // c named as active, but of the old epoch: not the takeover yet.
+        let mut stale = before.clone();
+        stale.active = Some(MemberId::new("c"));
+        tx.send(stale).expect("send");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "took a stale status for the takeover"
+        );
+        let mut taken = before;
+        taken.active = Some(MemberId::new("c"));
+        taken.epoch = Epoch(2);
+        tx.send(taken).expect("send");
+        assert!(waiting.await.expect("task"), "the takeover was seen");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_active_stops_waiting_after_its_bound() {
+        let (_tx, rx) = watch::channel(active_a());
+        let started = tokio::time::Instant::now();
+        let seen = await_takeover(&rx, &MemberId::new("c"), Epoch(1), Duration::from_secs(3)).await;
+        assert!(!seen);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
     }
 }

@@ -330,7 +330,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         tracing::warn!("the promotion controller did not stop within 5 s");
     }
     if let Some(to) = handed_to {
-        tracing::info!(to = %to, reason = "graceful stop", "handed over to {to}; this member stays fenced");
+        tracing::info!(to = %to, reason = "graceful stop", "handed over to {to}; this member refuses application writes");
     } else if was_leading && let Some(s) = &store {
         end_lease(s, &node.metrics).await;
     }

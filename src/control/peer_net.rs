@@ -35,6 +35,8 @@ use tokio::sync::{Notify, mpsc, watch};
 pub const QUEUE_LEN: usize = 64;
 /// How long the dialled member has to answer the control hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping member spends sending what is still queued.
+const FLUSH_ON_STOP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlStreamError {
@@ -223,6 +225,9 @@ where
         }
         writer.flush().await?;
         tokio::select! {
+            // Queued messages first: a handover queued just before the
+            // agent stops must go out before the stream closes.
+            biased;
             _ = queue.ready.notified() => {}
             // Nothing is expected from the peer; reading only notices that
             // it closed the stream (`recv` is cancel-safe).
@@ -241,6 +246,15 @@ where
             },
             r = shutdown.changed() => {
                 if r.is_err() || *shutdown.borrow() {
+                    // What the driver queued last (a handover, a final
+                    // heartbeat) still goes out, for a moment at most.
+                    let last = async {
+                        for msg in queue.drain() {
+                            writer.feed(&ClientMsg::Control(msg)).await?;
+                        }
+                        writer.flush().await
+                    };
+                    let _ = tokio::time::timeout(FLUSH_ON_STOP, last).await;
                     let _ = writer.shutdown().await;
                     return Ok(());
                 }
@@ -490,6 +504,61 @@ mod tests {
         assert!(r.is_ok(), "{r:?}");
         // The dialler closed its side: the server ends cleanly.
         assert!(serve.await.unwrap().is_ok());
+    }
+
+    /// A message queued as the agent stops still reaches the peer (the
+    /// handover of a graceful stop is such a message). Twenty fresh streams:
+    /// a dialler that picked the stop over the queue at random would lose
+    /// one of them with near certainty.
+    #[tokio::test]
+    async fn a_message_queued_as_the_agent_stops_still_goes_out() {
+        for round in 0..20u64 {
+            let (client, server) = tokio::io::duplex(64 * 1024);
+            let (cr, cw) = tokio::io::split(client);
+            let (sr, sw) = tokio::io::split(server);
+            let queue = Arc::new(PeerQueue::default());
+            let (sd_tx, mut sd_rx) = watch::channel(false);
+            let q2 = queue.clone();
+            let dial = tokio::spawn(async move {
+                run_dialled(
+                    &MemberId::new("a"),
+                    hello("b", "prod"),
+                    FrameReader::new(cr),
+                    FrameWriter::new(cw),
+                    &q2,
+                    &mut sd_rx,
+                )
+                .await
+            });
+            let mut reader: FrameReader<_, ClientMsg> = FrameReader::new(sr);
+            let writer: FrameWriter<_, ServerMsg> = FrameWriter::new(sw);
+            let Some(ClientMsg::ControlHello(h)) = reader.recv().await.unwrap() else {
+                panic!("expected a control hello");
+            };
+            let (tx, mut rx) = mpsc::channel(16);
+            let serve = tokio::spawn(serve_control_stream(
+                "prod",
+                hello("a", "prod"),
+                MemberId::new("b"),
+                h,
+                reader,
+                writer,
+                tx,
+            ));
+            queue.push(hb(1));
+            assert_eq!(rx.recv().await, Some((MemberId::new("b"), hb(1))));
+            // The dialler is parked; the last message and the stop arrive
+            // together.
+            queue.push(hb(100 + round));
+            sd_tx.send(true).unwrap();
+            assert_eq!(
+                rx.recv().await,
+                Some((MemberId::new("b"), hb(100 + round))),
+                "round {round}: the last message was dropped"
+            );
+            assert!(dial.await.unwrap().is_ok());
+            assert!(serve.await.unwrap().is_ok());
+        }
     }
 
     fn status_of(me: &str) -> Status {
