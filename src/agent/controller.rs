@@ -314,40 +314,11 @@ pub async fn await_takeover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::{Engine, Voter};
-    use crate::model::Position;
+    use crate::control::fixtures;
 
     /// The status of member `a`, active in epoch 1 of a three-member cluster.
     fn active_a() -> Status {
-        let cfg = EngineConfig {
-            me: MemberId::new("a"),
-            voters: ["a", "b", "c"]
-                .iter()
-                .map(|m| Voter {
-                    id: MemberId::new(*m),
-                    witness: false,
-                })
-                .collect(),
-            heartbeat_interval: 100,
-            lease_timeout: 250,
-            failover_timeout: 300,
-            switchover_timeout: 3000,
-            max_failover_lag: 1000,
-            auto_failover: false,
-            no_failover: false,
-            priority: 0,
-            promote_hook_blocks: false,
-        };
-        let persisted = PersistedState {
-            epoch: Epoch(1),
-            active: Some(MemberId::new("a")),
-            role: Role::Active,
-            vote: None,
-            paused: false,
-            position: Position::new(1, 3),
-        };
-        let (engine, _) = Engine::new(cfg, persisted, 0).expect("engine");
-        engine.status(0)
+        fixtures::status(fixtures::config("a", &["a", "b", "c"]), Role::Active)
     }
 
     #[tokio::test(start_paused = true)]

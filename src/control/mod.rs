@@ -267,3 +267,48 @@ impl PersistedState {
         }
     }
 }
+
+/// Test fixtures shared by the controller's test modules.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A config for `me` among `voters` (none a witness) with short test
+    /// timings: heartbeat 100 ms, lease 250 ms, failover 300 ms.
+    pub(crate) fn config(me: &str, voters: &[&str]) -> EngineConfig {
+        EngineConfig {
+            me: MemberId::new(me),
+            voters: voters
+                .iter()
+                .map(|m| Voter {
+                    id: MemberId::new(*m),
+                    witness: false,
+                })
+                .collect(),
+            heartbeat_interval: 100,
+            lease_timeout: 250,
+            failover_timeout: 300,
+            switchover_timeout: 3000,
+            max_failover_lag: 1000,
+            auto_failover: true,
+            no_failover: false,
+            priority: 0,
+            promote_hook_blocks: false,
+        }
+    }
+
+    /// The status of a freshly started engine with `cfg`, in `role`, in
+    /// epoch 1 with `a` active at position 1/3.
+    pub(crate) fn status(cfg: EngineConfig, role: Role) -> Status {
+        let persisted = PersistedState {
+            epoch: Epoch(1),
+            active: Some(MemberId::new("a")),
+            role,
+            vote: None,
+            paused: false,
+            position: Position::new(1, 3),
+        };
+        let (engine, _) = Engine::new(cfg, persisted, 0).expect("a valid test config");
+        engine.status(0)
+    }
+}

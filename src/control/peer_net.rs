@@ -458,14 +458,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_dialling_side_sends_its_hello_then_its_queue() {
+    /// A control stream over an in-memory pipe: member `a` dialling `b`
+    /// (run_dialled, fed by the returned queue, stopped by the returned
+    /// sender) and `b` accepting it as the listener does (frames arrive on
+    /// the returned receiver).
+    struct Pair {
+        queue: Arc<PeerQueue>,
+        stop: watch::Sender<bool>,
+        received: mpsc::Receiver<(MemberId, Message)>,
+        dial: tokio::task::JoinHandle<Result<(), ControlStreamError>>,
+        serve: tokio::task::JoinHandle<Result<(), ControlStreamError>>,
+    }
+
+    async fn pair(queue: Arc<PeerQueue>) -> Pair {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (cr, cw) = tokio::io::split(client);
         let (sr, sw) = tokio::io::split(server);
-        let queue = Arc::new(PeerQueue::default());
-        queue.push(hb(7));
-        let (sd_tx, mut sd_rx) = watch::channel(false);
+        let (stop, mut sd_rx) = watch::channel(false);
         let q2 = queue.clone();
         let dial = tokio::spawn(async move {
             run_dialled(
@@ -478,14 +487,13 @@ mod tests {
             )
             .await
         });
-        // The accepting side, as the listener will run it.
         let mut reader: FrameReader<_, ClientMsg> = FrameReader::new(sr);
         let writer: FrameWriter<_, ServerMsg> = FrameWriter::new(sw);
         let first = reader.recv().await.unwrap();
         let Some(ClientMsg::ControlHello(h)) = first else {
             panic!("expected a control hello, got {first:?}");
         };
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, received) = mpsc::channel(16);
         let serve = tokio::spawn(serve_control_stream(
             "prod",
             hello("a", "prod"),
@@ -495,15 +503,29 @@ mod tests {
             writer,
             tx,
         ));
-        assert_eq!(rx.recv().await, Some((MemberId::new("b"), hb(7))));
+        Pair {
+            queue,
+            stop,
+            received,
+            dial,
+            serve,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_dialling_side_sends_its_hello_then_its_queue() {
+        let queue = Arc::new(PeerQueue::default());
+        queue.push(hb(7));
+        let mut p = pair(queue).await;
+        assert_eq!(p.received.recv().await, Some((MemberId::new("b"), hb(7))));
         // Later sends are woken by the queue.
-        queue.push(hb(8));
-        assert_eq!(rx.recv().await, Some((MemberId::new("b"), hb(8))));
-        sd_tx.send(true).unwrap();
-        let r = dial.await.unwrap();
+        p.queue.push(hb(8));
+        assert_eq!(p.received.recv().await, Some((MemberId::new("b"), hb(8))));
+        p.stop.send(true).unwrap();
+        let r = p.dial.await.unwrap();
         assert!(r.is_ok(), "{r:?}");
         // The dialler closed its side: the server ends cleanly.
-        assert!(serve.await.unwrap().is_ok());
+        assert!(p.serve.await.unwrap().is_ok());
     }
 
     /// A message queued as the agent stops still reaches the peer (the
@@ -513,85 +535,30 @@ mod tests {
     #[tokio::test]
     async fn a_message_queued_as_the_agent_stops_still_goes_out() {
         for round in 0..20u64 {
-            let (client, server) = tokio::io::duplex(64 * 1024);
-            let (cr, cw) = tokio::io::split(client);
-            let (sr, sw) = tokio::io::split(server);
-            let queue = Arc::new(PeerQueue::default());
-            let (sd_tx, mut sd_rx) = watch::channel(false);
-            let q2 = queue.clone();
-            let dial = tokio::spawn(async move {
-                run_dialled(
-                    &MemberId::new("a"),
-                    hello("b", "prod"),
-                    FrameReader::new(cr),
-                    FrameWriter::new(cw),
-                    &q2,
-                    &mut sd_rx,
-                )
-                .await
-            });
-            let mut reader: FrameReader<_, ClientMsg> = FrameReader::new(sr);
-            let writer: FrameWriter<_, ServerMsg> = FrameWriter::new(sw);
-            let Some(ClientMsg::ControlHello(h)) = reader.recv().await.unwrap() else {
-                panic!("expected a control hello");
-            };
-            let (tx, mut rx) = mpsc::channel(16);
-            let serve = tokio::spawn(serve_control_stream(
-                "prod",
-                hello("a", "prod"),
-                MemberId::new("b"),
-                h,
-                reader,
-                writer,
-                tx,
-            ));
-            queue.push(hb(1));
-            assert_eq!(rx.recv().await, Some((MemberId::new("b"), hb(1))));
+            let mut p = pair(Arc::new(PeerQueue::default())).await;
+            p.queue.push(hb(1));
+            assert_eq!(p.received.recv().await, Some((MemberId::new("b"), hb(1))));
             // The dialler is parked; the last message and the stop arrive
             // together.
-            queue.push(hb(100 + round));
-            sd_tx.send(true).unwrap();
+            p.queue.push(hb(100 + round));
+            p.stop.send(true).unwrap();
             assert_eq!(
-                rx.recv().await,
+                p.received.recv().await,
                 Some((MemberId::new("b"), hb(100 + round))),
                 "round {round}: the last message was dropped"
             );
-            assert!(dial.await.unwrap().is_ok());
-            assert!(serve.await.unwrap().is_ok());
+            assert!(p.dial.await.unwrap().is_ok());
+            assert!(p.serve.await.unwrap().is_ok());
         }
     }
 
     fn status_of(me: &str) -> Status {
-        use crate::control::{Engine, EngineConfig, PersistedState, Voter};
+        use crate::control::{EngineConfig, fixtures};
         let cfg = EngineConfig {
-            me: MemberId::new(me),
-            voters: ["a", "b"]
-                .iter()
-                .map(|m| Voter {
-                    id: MemberId::new(*m),
-                    witness: false,
-                })
-                .collect(),
-            heartbeat_interval: 100,
-            lease_timeout: 250,
-            failover_timeout: 300,
-            switchover_timeout: 3000,
-            max_failover_lag: 1000,
             auto_failover: false,
-            no_failover: false,
-            priority: 0,
-            promote_hook_blocks: false,
+            ..fixtures::config(me, &["a", "b"])
         };
-        let persisted = PersistedState {
-            epoch: Epoch(1),
-            active: Some(MemberId::new("a")),
-            role: Role::Passive,
-            vote: None,
-            paused: false,
-            position: Position::new(1, 3),
-        };
-        let (engine, _) = Engine::new(cfg, persisted, 0).unwrap();
-        engine.status(0)
+        fixtures::status(cfg, Role::Passive)
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! clock makes the schedules deterministic.
 
 use super::*;
-use crate::control::{CommandRefusal, Voter};
+use crate::control::CommandRefusal;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -140,25 +140,7 @@ impl RoleSink for FakeSink {
 }
 
 fn cfg(me: &str) -> EngineConfig {
-    EngineConfig {
-        me: MemberId::new(me),
-        voters: ["a", "b", "c"]
-            .iter()
-            .map(|m| Voter {
-                id: MemberId::new(*m),
-                witness: false,
-            })
-            .collect(),
-        heartbeat_interval: 100,
-        lease_timeout: 250,
-        failover_timeout: 300,
-        switchover_timeout: 3000,
-        max_failover_lag: 1000,
-        auto_failover: true,
-        no_failover: false,
-        priority: 0,
-        promote_hook_blocks: false,
-    }
+    crate::control::fixtures::config(me, &["a", "b", "c"])
 }
 
 fn persisted(me: &str) -> PersistedState {

@@ -213,17 +213,15 @@ pub(super) async fn execute(
         return Ok(());
     }
     let log = LogColumns::of(changes);
-    let steps = plan(changes);
-    let tables: Vec<Columns> = steps.iter().map(Columns::of_step).collect();
-    let log_params = log.params();
-    let mut params: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = vec![(&stmts.log, log_params)];
-    for (step, cols) in steps.iter().zip(&tables) {
-        let stmt = match step {
-            Step::Upsert(e, _) => &stmts.up[slot(*e)],
-            Step::Delete(e, _) => &stmts.del[slot(*e)],
-        };
-        params.push((stmt, cols.params()));
-    }
+    let tables: Vec<(&Statement, Columns)> = plan(changes)
+        .into_iter()
+        .map(|step| match step {
+            Step::Upsert(e, rows) => (&stmts.up[slot(e)], Columns::of_images(e, rows.into_iter())),
+            Step::Delete(e, keys) => (&stmts.del[slot(e)], Columns::Deleted(keys)),
+        })
+        .collect();
+    let mut params = vec![(&stmts.log, log.params())];
+    params.extend(tables.iter().map(|(stmt, cols)| (*stmt, cols.params())));
     let futs = params.iter().map(|(s, p)| client.execute(*s, p));
     futures_util::future::try_join_all(futs).await?;
     Ok(())
@@ -262,13 +260,6 @@ pub(super) enum Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of_step(step: &Step<'a>) -> Columns<'a> {
-        match step {
-            Step::Upsert(e, rows) => Columns::of_images(*e, rows.iter().copied()),
-            Step::Delete(_, keys) => Columns::Deleted(keys.clone()),
-        }
-    }
-
     /// The columns of the images of table `e` among `rows` (images of
     /// other tables are skipped).
     pub(super) fn of_images(e: Entity, rows: impl Iterator<Item = &'a RowImage>) -> Columns<'a> {
