@@ -16,6 +16,7 @@ pub mod progress;
 pub mod replication;
 pub mod status;
 pub mod store;
+pub mod tables;
 pub mod transport;
 pub mod verify;
 pub mod wire;
