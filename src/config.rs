@@ -6,6 +6,7 @@
 //! get the typed struct), or print the status token.
 
 use crate::model::MemberId;
+use crate::tables::{CaptureSpec, TableName};
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -92,6 +93,9 @@ pub struct Peer {
     /// Its status address.
     pub status: String,
     pub witness: bool,
+    /// `[[peers]] owner_id`: the value of the takeover owner column that
+    /// means this peer (default: its member id).
+    pub owner_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,13 +163,28 @@ pub struct Hooks {
     pub on_promote_blocks: bool,
 }
 
-/// `takeover_policy` (+ `takeover_members` for `static`).
+/// `[takeover] policy` (+ `members` for `static`); the old top-level
+/// `takeover_policy` / `takeover_members` still map here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TakeoverPolicy {
     /// Take over the jobs of whichever member was active before.
     Any,
     /// Only the jobs of these members.
     Static(Vec<MemberId>),
+}
+
+/// `[takeover]`: on promotion, the rows of `table` whose `owner_column`
+/// holds the former active's owner id are given this member's `owner_id`
+/// (Rundeck's `scheduled_execution.server_nodeuuid`; the example schema's
+/// `jobs.owner_member`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Takeover {
+    /// One of the captured tables.
+    pub table: TableName,
+    pub owner_column: String,
+    /// The owner column's value meaning "this member" (default: member id).
+    pub owner_id: String,
+    pub policy: TakeoverPolicy,
 }
 
 /// The validated config of one member.
@@ -182,9 +201,16 @@ pub struct Config {
     pub no_failover: bool,
     /// Tie-breaker between equally up-to-date candidates (higher first).
     pub priority: i64,
+    /// What is replicated: `[capture]`, or the example schema when the
+    /// config has no `[capture]` section.
+    pub capture: CaptureSpec,
     /// Whose scheduled jobs this member takes over when it is promoted
-    /// (Rundeck's `autotakeover.policy`).
-    pub takeover: TakeoverPolicy,
+    /// (Rundeck's `autotakeover.policy`), and where their owner is kept.
+    /// `None` when the config has `[capture]` but no `[takeover]`: the
+    /// application's tables then have no owner column understudy knows of,
+    /// and a promotion moves no rows. Without `[capture]` it is always set
+    /// (the example schema's `jobs.owner_member`).
+    pub takeover: Option<Takeover>,
     /// `None` only on a witness.
     pub database: Option<DatabaseUrl>,
     /// Where a witness keeps its vote, epoch and pause flag (it has no
@@ -222,12 +248,28 @@ impl Config {
         v
     }
 
-    /// Whether a promotion here takes over the jobs owned by `former`.
+    /// Whether a promotion here takes over the jobs owned by `former`
+    /// (never when there is no takeover at all).
     pub fn takeover_allows(&self, former: &MemberId) -> bool {
-        match &self.takeover {
-            TakeoverPolicy::Any => true,
-            TakeoverPolicy::Static(list) => list.contains(former),
+        match self.takeover.as_ref().map(|t| &t.policy) {
+            None => false,
+            Some(TakeoverPolicy::Any) => true,
+            Some(TakeoverPolicy::Static(list)) => list.contains(former),
         }
+    }
+
+    /// The takeover owner value of `member` (this member's `[takeover]
+    /// owner_id`, or a peer's `owner_id`; each defaults to the member id).
+    /// `None` for a member this config does not know.
+    pub fn owner_id_of(&self, member: &MemberId) -> Option<&str> {
+        if member == &self.member {
+            return Some(
+                self.takeover
+                    .as_ref()
+                    .map_or(self.member.as_str(), |t| t.owner_id.as_str()),
+            );
+        }
+        self.peer(member).map(|p| p.owner_id.as_str())
     }
 
     pub fn peer(&self, m: &MemberId) -> Option<&Peer> {
@@ -295,6 +337,10 @@ fn error_key(e: &toml::de::Error) -> String {
 
 /// The keys an environment variable may override: `UNDERSTUDY_` + section +
 /// `_` + key, upper-cased (`UNDERSTUDY_DATABASE_URL`, `UNDERSTUDY_MEMBER`).
+/// Lists take a comma-separated value (`UNDERSTUDY_CAPTURE_TABLES=a,b`).
+/// `[[peers]]` entries are not overridable (an array has no stable names).
+/// The old top-level `takeover_policy` / `takeover_members` have the same
+/// variable names as `[takeover] policy` / `members`: see [`legacy_target`].
 const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("", "cluster", Kind::Str),
     ("", "member", Kind::Str),
@@ -304,7 +350,6 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("", "no_failover", Kind::Bool),
     ("", "priority", Kind::Int),
     ("", "witness_state", Kind::Str),
-    ("", "takeover_policy", Kind::Str),
     ("database", "url", Kind::Str),
     ("replication", "listen", Kind::Str),
     ("replication", "heartbeat_interval_ms", Kind::Int),
@@ -329,6 +374,13 @@ const OVERRIDABLE: &[(&str, &str, Kind)] = &[
     ("hooks", "on_fence", Kind::Str),
     ("hooks", "timeout_ms", Kind::Int),
     ("hooks", "on_promote_blocks", Kind::Bool),
+    ("capture", "tables", Kind::List),
+    ("capture", "secret_columns", Kind::List),
+    ("takeover", "table", Kind::Str),
+    ("takeover", "owner_column", Kind::Str),
+    ("takeover", "owner_id", Kind::Str),
+    ("takeover", "policy", Kind::Str),
+    ("takeover", "members", Kind::List),
 ];
 
 #[derive(Clone, Copy)]
@@ -336,6 +388,26 @@ enum Kind {
     Str,
     Bool,
     Int,
+    /// Comma-separated strings; blanks around items and empty items dropped.
+    List,
+}
+
+/// Where `UNDERSTUDY_TAKEOVER_POLICY` / `_MEMBERS` go. They are also the
+/// names the old top-level `takeover_policy` / `takeover_members` would
+/// have, so they override the old key while the file still uses the old
+/// form (and has no `[takeover]`), else the new one: an override never turns
+/// a valid file into one that mixes both forms.
+fn legacy_target(table: &toml::Table, section: &str, key: &str) -> (String, String) {
+    let old = format!("takeover_{key}");
+    let uses_old = table.contains_key("takeover_policy") || table.contains_key("takeover_members");
+    if section == "takeover"
+        && matches!(key, "policy" | "members")
+        && uses_old
+        && !table.contains_key("takeover")
+    {
+        return (String::new(), old);
+    }
+    (section.to_string(), key.to_string())
 }
 
 fn env_name(section: &str, key: &str) -> String {
@@ -356,6 +428,8 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
         let Some((_, raw)) = env.iter().find(|(k, _)| *k == name) else {
             continue;
         };
+        let (section, key) = legacy_target(table, section, key);
+        let (section, key) = (section.as_str(), key.as_str());
         let dotted = if section.is_empty() {
             key.to_string()
         } else {
@@ -379,6 +453,13 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), (S
                     format!("environment variable {name} must be a whole number"),
                 )
             })?),
+            Kind::List => toml::Value::Array(
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| toml::Value::String(s.to_string()))
+                    .collect(),
+            ),
         };
         if section.is_empty() {
             table.insert(key.to_string(), v);
@@ -412,9 +493,12 @@ struct RawConfig {
     #[serde(default)]
     priority: i64,
     witness_state: Option<String>,
+    /// Old form of `[takeover] policy`, still read.
     takeover_policy: Option<String>,
-    #[serde(default)]
-    takeover_members: Vec<String>,
+    /// Old form of `[takeover] members`, still read.
+    takeover_members: Option<Vec<String>>,
+    capture: Option<RawCapture>,
+    takeover: Option<RawTakeover>,
     database: Option<RawDatabase>,
     replication: RawReplication,
     status: RawStatus,
@@ -522,6 +606,28 @@ struct RawPeer {
     status: String,
     #[serde(default)]
     witness: bool,
+    owner_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    // Defaults so an empty list and a missing one get the same, clearer
+    // message from `capture_spec` than serde's "missing field".
+    #[serde(default)]
+    tables: Vec<String>,
+    #[serde(default)]
+    secret_columns: Vec<String>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawTakeover {
+    table: Option<String>,
+    owner_column: Option<String>,
+    owner_id: Option<String>,
+    policy: Option<String>,
+    members: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -595,6 +701,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             address: p.address.clone(),
             status: p.status.clone(),
             witness: p.witness,
+            owner_id: p.owner_id.clone().unwrap_or_else(|| p.member.clone()),
         });
     }
 
@@ -755,33 +862,9 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
             "true needs a hooks.on_promote command to wait for: set one, or remove the key".into(),
         ));
     }
-    let takeover = match raw.takeover_policy.as_deref().unwrap_or("any") {
-        "any" => {
-            if !raw.takeover_members.is_empty() {
-                return Err(e(
-                    "takeover_members",
-                    "only used with takeover_policy = \"static\"".into(),
-                ));
-            }
-            TakeoverPolicy::Any
-        }
-        "static" => {
-            let mut list = Vec::new();
-            for m in &raw.takeover_members {
-                check_member_id(m).map_err(|r| e("takeover_members", r))?;
-                list.push(MemberId::new(m));
-            }
-            TakeoverPolicy::Static(list)
-        }
-        other => {
-            return Err(e(
-                "takeover_policy",
-                format!(
-                    "{other:?} is not a policy: use \"any\" (default) or \"static\" with takeover_members = [...]"
-                ),
-            ));
-        }
-    };
+    let capture = capture_spec(raw.capture.as_ref(), database.as_ref())?;
+    let takeover = takeover(&raw, &capture, &member)?;
+    check_owner_ids(&member, takeover.as_ref(), &peers)?;
     if raw.hooks.timeout_ms == Some(0) {
         return Err(e(
             "hooks.timeout_ms",
@@ -805,6 +888,7 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         witness: raw.witness,
         no_failover: raw.no_failover,
         priority: raw.priority,
+        capture,
         takeover,
         database,
         witness_state,
@@ -814,6 +898,265 @@ fn validate(raw: RawConfig, _path: &Path, base: &Path) -> Result<Config, (String
         peers,
         hooks,
     })
+}
+
+/// A validation failure: `(key, reason)`.
+type Invalid = (String, String);
+
+fn invalid(key: &str, reason: impl Into<String>) -> Invalid {
+    (key.to_string(), reason.into())
+}
+
+/// Table and column names are written into generated SQL (triggers,
+/// statements): plain identifiers only, as PostgreSQL takes them unquoted.
+fn check_identifier(s: &str) -> Result<(), String> {
+    let mut chars = s.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') || s.len() > 63 {
+        return Err(format!(
+            "{s:?} is not a plain identifier: use letters, digits and '_' (not first), at most 63 characters"
+        ));
+    }
+    Ok(())
+}
+
+/// A table name as the config may write it (`table` or `schema.table`),
+/// normalised: `public.x` is `x` (PostgreSQL's default schema).
+fn table_name(key: &str, s: &str, database: Option<&DatabaseUrl>) -> Result<String, Invalid> {
+    let (schema, table) = match s.split_once('.') {
+        Some((schema, table)) => (Some(schema), table),
+        None => (None, s),
+    };
+    for part in schema.into_iter().chain([table]) {
+        check_identifier(part).map_err(|r| invalid(key, format!("table {s:?}: {r}")))?;
+    }
+    match schema {
+        None | Some("public") => Ok(table.to_string()),
+        Some(_) if matches!(database, Some(DatabaseUrl::Sqlite(_))) => Err(invalid(
+            key,
+            format!("table {s:?}: SQLite has no schemas: write the table name alone"),
+        )),
+        Some(schema) => Ok(format!("{schema}.{table}")),
+    }
+}
+
+/// `[capture]` (the application's tables), or the example schema without it.
+fn capture_spec(
+    raw: Option<&RawCapture>,
+    database: Option<&DatabaseUrl>,
+) -> Result<CaptureSpec, Invalid> {
+    let Some(raw) = raw else {
+        return Ok(CaptureSpec::example());
+    };
+    if raw.tables.is_empty() {
+        return Err(invalid(
+            "capture.tables",
+            "must list at least one table, e.g. tables = [\"project\", \"scheduled_execution\"]; remove [capture] to replicate the example schema",
+        ));
+    }
+    let mut tables: Vec<String> = Vec::with_capacity(raw.tables.len());
+    for t in &raw.tables {
+        let name = table_name("capture.tables", t, database)?;
+        if tables.contains(&name) {
+            return Err(invalid(
+                "capture.tables",
+                format!("lists table {name:?} twice: remove one"),
+            ));
+        }
+        tables.push(name);
+    }
+    let mut secret_columns = Vec::with_capacity(raw.secret_columns.len());
+    for s in &raw.secret_columns {
+        let key = "capture.secret_columns";
+        let (table, column) = s.rsplit_once('.').ok_or_else(|| {
+            invalid(
+                key,
+                format!("{s:?} is not table.column (e.g. \"storage.data\")"),
+            )
+        })?;
+        let table = table_name(key, table, database)?;
+        check_identifier(column).map_err(|r| invalid(key, format!("{s:?}: column {r}")))?;
+        if !tables.contains(&table) {
+            return Err(invalid(
+                key,
+                format!(
+                    "{s:?} names table {table:?}, which is not in [capture] tables: add the table there, or remove the column"
+                ),
+            ));
+        }
+        secret_columns.push(format!("{table}.{column}"));
+    }
+    Ok(CaptureSpec {
+        tables,
+        secret_columns,
+        example: false,
+    })
+}
+
+/// `[takeover]`, or the old top-level `takeover_policy` / `takeover_members`
+/// mapped into it; see [`Config::takeover`] for when there is none.
+fn takeover(
+    raw: &RawConfig,
+    capture: &CaptureSpec,
+    member: &MemberId,
+) -> Result<Option<Takeover>, Invalid> {
+    let old_key = match (&raw.takeover_policy, &raw.takeover_members) {
+        (Some(_), _) => Some(("takeover_policy", "policy")),
+        (None, Some(_)) => Some(("takeover_members", "members")),
+        (None, None) => None,
+    };
+    let (section, policy_keys) = match (&raw.takeover, old_key) {
+        (Some(_), Some((old, new))) => {
+            return Err(invalid(
+                old,
+                format!(
+                    "was replaced by [takeover] {new}, and this config has a [takeover] section too: move the setting there and remove {old}"
+                ),
+            ));
+        }
+        (None, Some((old, new))) if !capture.example => {
+            return Err(invalid(
+                old,
+                format!(
+                    "was replaced by [takeover] {new}; with [capture] a takeover also needs [takeover] table and owner_column: add them, or remove {old} for no takeover"
+                ),
+            ));
+        }
+        (Some(t), None) => (t.clone(), ("takeover.policy", "takeover.members")),
+        (None, _) if !capture.example => return Ok(None),
+        (None, _) => (
+            RawTakeover {
+                policy: raw.takeover_policy.clone(),
+                members: raw.takeover_members.clone(),
+                ..RawTakeover::default()
+            },
+            ("takeover_policy", "takeover_members"),
+        ),
+    };
+    let (table, owner_column) = takeover_target(&section, capture)?;
+    let owner_id = section.owner_id.unwrap_or_else(|| member.to_string());
+    if owner_id.trim().is_empty() {
+        return Err(invalid(
+            "takeover.owner_id",
+            "must not be empty: remove the key to use the member id",
+        ));
+    }
+    let policy = takeover_policy(section.policy.as_deref(), section.members, policy_keys)?;
+    Ok(Some(Takeover {
+        table,
+        owner_column,
+        owner_id,
+        policy,
+    }))
+}
+
+/// `[takeover] table` and `owner_column`: required with `[capture]`,
+/// defaulting to the example schema's `jobs.owner_member` without it.
+fn takeover_target(
+    section: &RawTakeover,
+    capture: &CaptureSpec,
+) -> Result<(TableName, String), Invalid> {
+    let table = match (&section.table, capture.example) {
+        (Some(t), _) => table_name("takeover.table", t, None)?,
+        (None, true) => "jobs".to_string(),
+        (None, false) => {
+            return Err(invalid(
+                "takeover.table",
+                "missing: name the captured table that holds each job's owner (e.g. table = \"scheduled_execution\"), or remove [takeover] for no takeover",
+            ));
+        }
+    };
+    if !capture.tables.contains(&table) {
+        return Err(invalid(
+            "takeover.table",
+            format!(
+                "{table:?} is not a captured table ({}): takeover rows must replicate; name one of them",
+                capture.tables.join(", ")
+            ),
+        ));
+    }
+    let owner_column = match &section.owner_column {
+        Some(c) => c.clone(),
+        None if capture.example && table == "jobs" => "owner_member".to_string(),
+        None => {
+            return Err(invalid(
+                "takeover.owner_column",
+                format!(
+                    "missing: name the column of {table} that holds the owner's id (e.g. owner_column = \"server_nodeuuid\")"
+                ),
+            ));
+        }
+    };
+    check_identifier(&owner_column).map_err(|r| invalid("takeover.owner_column", r))?;
+    Ok((TableName::new(table), owner_column))
+}
+
+/// `policy` (`any` | `static`) and `members`, under the keys the config
+/// used (`takeover.policy` or the old `takeover_policy`).
+fn takeover_policy(
+    policy: Option<&str>,
+    members: Option<Vec<String>>,
+    (policy_key, members_key): (&str, &str),
+) -> Result<TakeoverPolicy, Invalid> {
+    let members = members.unwrap_or_default();
+    match policy.unwrap_or("any") {
+        "any" if members.is_empty() => Ok(TakeoverPolicy::Any),
+        "any" => Err(invalid(
+            members_key,
+            format!("only used with {policy_key} = \"static\""),
+        )),
+        "static" => {
+            let mut list = Vec::with_capacity(members.len());
+            for m in &members {
+                check_member_id(m).map_err(|r| invalid(members_key, r))?;
+                list.push(MemberId::new(m));
+            }
+            Ok(TakeoverPolicy::Static(list))
+        }
+        other => Err(invalid(
+            policy_key,
+            format!(
+                "{other:?} is not a policy: use \"any\" (default) or \"static\" with {members_key} = [...]"
+            ),
+        )),
+    }
+}
+
+/// Owner ids name members in the owner column: each must be set, and no two
+/// data members may share one (a takeover would then also move the rows of
+/// a member that is still alive).
+fn check_owner_ids(
+    member: &MemberId,
+    takeover: Option<&Takeover>,
+    peers: &[Peer],
+) -> Result<(), Invalid> {
+    let own = takeover.map_or(member.as_str(), |t| t.owner_id.as_str());
+    let mut seen: Vec<(&str, &str)> = vec![(own, member.as_str())];
+    for (i, p) in peers.iter().enumerate() {
+        let key = format!("peers[{i}].owner_id");
+        if p.owner_id.trim().is_empty() {
+            return Err(invalid(
+                &key,
+                "must not be empty: remove the key to use the member id",
+            ));
+        }
+        if p.witness {
+            continue;
+        }
+        if let Some((_, other)) = seen.iter().find(|(id, _)| *id == p.owner_id) {
+            return Err(invalid(
+                &key,
+                format!(
+                    "member {} has the same owner id as member {other}: every data member needs its own",
+                    p.member
+                ),
+            ));
+        }
+        seen.push((&p.owner_id, p.member.as_str()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1006,9 +1349,9 @@ on_promote = "/usr/local/bin/start-scheduler"
     }
 
     #[test]
-    fn takeover_policy() {
+    fn takeover_policy_old_top_level_keys() {
         let c = parse(GOOD, &[]).unwrap();
-        assert_eq!(c.takeover, TakeoverPolicy::Any);
+        assert_eq!(c.takeover.as_ref().unwrap().policy, TakeoverPolicy::Any);
         assert!(c.takeover_allows(&MemberId::new("zz")));
         let st = GOOD.replace(
             "auto_failover = true\n",
@@ -1017,12 +1360,357 @@ on_promote = "/usr/local/bin/start-scheduler"
         let c = parse(&st, &[]).unwrap();
         assert!(c.takeover_allows(&MemberId::new("b")));
         assert!(!c.takeover_allows(&MemberId::new("c")));
+        let t = c.takeover.unwrap();
+        assert_eq!(
+            (t.table.as_str(), t.owner_column.as_str()),
+            ("jobs", "owner_member")
+        );
         let bad = GOOD.replace(
             "auto_failover = true\n",
             "auto_failover = true\ntakeover_policy = \"some\"\n",
         );
         let err = parse(&bad, &[]).unwrap_err().to_string();
-        assert!(err.contains("takeover_policy"), "{err}");
+        assert!(err.contains(": takeover_policy: "), "{err}");
+        let stray = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_members = [\"b\"]\n",
+        );
+        let err = parse(&stray, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(": takeover_members: ") && err.contains("static"),
+            "{err}"
+        );
+    }
+
+    /// `GOOD` with `extra` appended (new sections go after `[hooks]`).
+    fn with(extra: &str) -> String {
+        format!("{GOOD}\n{extra}\n")
+    }
+
+    const SCHEDULER: &str = r#"
+[capture]
+tables = ["project", "public.scheduled_execution", "storage"]
+secret_columns = ["storage.data", "public.storage.json_data"]
+"#;
+
+    #[test]
+    fn without_capture_the_example_schema_and_its_takeover() {
+        let c = parse(GOOD, &[]).unwrap();
+        assert_eq!(c.capture, CaptureSpec::example());
+        assert!(c.capture.example);
+        assert_eq!(
+            c.takeover,
+            Some(Takeover {
+                table: TableName::new("jobs"),
+                owner_column: "owner_member".into(),
+                owner_id: "a".into(),
+                policy: TakeoverPolicy::Any,
+            })
+        );
+        assert_eq!(c.owner_id_of(&MemberId::new("a")), Some("a"));
+        assert_eq!(c.owner_id_of(&MemberId::new("b")), Some("b"));
+        assert_eq!(c.owner_id_of(&MemberId::new("nobody")), None);
+        // A [takeover] section alone keeps the example schema's defaults.
+        let c = parse(&with("[takeover]\nowner_id = \"node-a\""), &[]).unwrap();
+        let t = c.takeover.as_ref().unwrap();
+        assert_eq!((t.table.as_str(), t.owner_id.as_str()), ("jobs", "node-a"));
+        assert_eq!(c.owner_id_of(&MemberId::new("a")), Some("node-a"));
+    }
+
+    #[test]
+    fn capture_section_is_normalised_and_has_no_takeover_by_default() {
+        let c = parse(&with(SCHEDULER), &[]).unwrap();
+        assert_eq!(
+            c.capture,
+            CaptureSpec {
+                tables: vec![
+                    "project".into(),
+                    "scheduled_execution".into(),
+                    "storage".into()
+                ],
+                secret_columns: vec!["storage.data".into(), "storage.json_data".into()],
+                example: false,
+            }
+        );
+        assert_eq!(c.takeover, None);
+        assert!(
+            !c.takeover_allows(&MemberId::new("b")),
+            "no takeover at all"
+        );
+        assert_eq!(c.owner_id_of(&MemberId::new("a")), Some("a"));
+        // Other PostgreSQL schemas keep their prefix.
+        let pg = with(&SCHEDULER.replace("\"storage\"]", "\"app.storage\"]"));
+        let pg = pg.replace(
+            "\"storage.data\", \"public.storage.json_data\"",
+            "\"app.storage.data\"",
+        );
+        let c = parse(&pg, &[("UNDERSTUDY_DATABASE_URL", "postgres://u@h/d")]).unwrap();
+        assert_eq!(c.capture.tables[2], "app.storage");
+        assert_eq!(
+            c.capture.secret_columns,
+            vec!["app.storage.data".to_string()]
+        );
+        // ...which SQLite cannot have.
+        let err = parse(&pg, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("capture.tables") && err.contains("SQLite has no schemas"),
+            "{err}"
+        );
+    }
+
+    fn refusal(text: &str, env: &[(&str, &str)]) -> String {
+        let err = parse(text, env).unwrap_err().to_string();
+        assert!(err.starts_with("config /etc/understudy/a.toml: "), "{err}");
+        err
+    }
+
+    #[test]
+    fn capture_refusals_name_the_key_and_say_what_to_do() {
+        for (text, key, says) in [
+            (
+                "[capture]\ntables = []",
+                "capture.tables",
+                "at least one table",
+            ),
+            (
+                "[capture]\nsecret_columns = [\"x.y\"]",
+                "capture.tables",
+                "at least one table",
+            ),
+            (
+                "[capture]\ntables = [\"x\", \"public.x\"]",
+                "capture.tables",
+                "twice",
+            ),
+            (
+                "[capture]\ntables = [\"x y\"]",
+                "capture.tables",
+                "plain identifier",
+            ),
+            (
+                "[capture]\ntables = [\"a.b.c\"]",
+                "capture.tables",
+                "plain identifier",
+            ),
+            (
+                "[capture]\ntables = [\"1x\"]",
+                "capture.tables",
+                "plain identifier",
+            ),
+            (
+                "[capture]\ntables = [\"x\"]\nsecret_columns = [\"data\"]",
+                "capture.secret_columns",
+                "table.column",
+            ),
+            (
+                "[capture]\ntables = [\"x\"]\nsecret_columns = [\"y.data\"]",
+                "capture.secret_columns",
+                "not in [capture] tables",
+            ),
+            (
+                "[capture]\ntables = [\"x\"]\nsecret_columns = [\"x.da-ta\"]",
+                "capture.secret_columns",
+                "plain identifier",
+            ),
+            ("[capture]\ntabels = [\"x\"]", "tabels", "unknown field"),
+        ] {
+            let err = refusal(&with(text), &[]);
+            assert!(
+                err.contains(&format!(": {key}: ")) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    const TAKEOVER: &str = r#"
+[takeover]
+table = "scheduled_execution"
+owner_column = "server_nodeuuid"
+owner_id = "3f9c-a"
+policy = "static"
+members = ["b"]
+"#;
+
+    #[test]
+    fn takeover_section_with_capture_and_peer_owner_ids() {
+        let text = with(&format!("{SCHEDULER}{TAKEOVER}")).replace(
+            "status = \"127.0.0.1:7502\"\n",
+            "status = \"127.0.0.1:7502\"\nowner_id = \"3f9c-b\"\n",
+        );
+        let c = parse(&text, &[]).unwrap();
+        assert_eq!(
+            c.takeover,
+            Some(Takeover {
+                table: TableName::new("scheduled_execution"),
+                owner_column: "server_nodeuuid".into(),
+                owner_id: "3f9c-a".into(),
+                policy: TakeoverPolicy::Static(vec![MemberId::new("b")]),
+            })
+        );
+        assert!(c.takeover_allows(&MemberId::new("b")));
+        assert!(!c.takeover_allows(&MemberId::new("w")));
+        assert_eq!(c.owner_id_of(&MemberId::new("a")), Some("3f9c-a"));
+        assert_eq!(c.owner_id_of(&MemberId::new("b")), Some("3f9c-b"));
+        assert_eq!(
+            c.owner_id_of(&MemberId::new("w")),
+            Some("w"),
+            "default: member id"
+        );
+        assert_eq!(c.peer(&MemberId::new("b")).unwrap().owner_id, "3f9c-b");
+    }
+
+    #[test]
+    fn takeover_refusals_name_the_key_and_say_what_to_do() {
+        let full = format!("{SCHEDULER}{TAKEOVER}");
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                full.replace("table = \"scheduled_execution\"\n", ""),
+                "takeover.table",
+                "missing",
+            ),
+            (
+                full.replace("table = \"scheduled_execution\"", "table = \"workflow\""),
+                "takeover.table",
+                "not a captured table",
+            ),
+            (
+                full.replace("owner_column = \"server_nodeuuid\"\n", ""),
+                "takeover.owner_column",
+                "missing",
+            ),
+            (
+                full.replace("\"server_nodeuuid\"", "\"server nodeuuid\""),
+                "takeover.owner_column",
+                "plain identifier",
+            ),
+            (
+                full.replace("\"3f9c-a\"", "\" \""),
+                "takeover.owner_id",
+                "must not be empty",
+            ),
+            (
+                full.replace("policy = \"static\"", "policy = \"all\""),
+                "takeover.policy",
+                "not a policy",
+            ),
+            (
+                full.replace("policy = \"static\"", "policy = \"any\""),
+                "takeover.members",
+                "only used with takeover.policy = \"static\"",
+            ),
+            (
+                full.replace("members = [\"b\"]", "members = [\"b c\"]"),
+                "takeover.members",
+                "letters, digits",
+            ),
+            (
+                "[takeover]\ntable = \"scheduled_execution\"".into(),
+                "takeover.table",
+                "not a captured table (projects, jobs, keys)",
+            ),
+            (
+                "[takeover]\nowner_id = \"b\"".into(),
+                "peers[0].owner_id",
+                "same owner id as member a",
+            ),
+        ];
+        for (extra, key, says) in cases {
+            let err = refusal(&with(&extra), &[]);
+            assert!(
+                err.contains(&format!(": {key}: ")) && err.contains(says),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn old_takeover_keys_conflict_with_the_new_section() {
+        let old = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_policy = \"any\"\n",
+        );
+        let err = refusal(&format!("{old}\n[takeover]\npolicy = \"any\"\n"), &[]);
+        assert!(
+            err.contains(": takeover_policy: was replaced by [takeover] policy"),
+            "{err}"
+        );
+        let err = refusal(&format!("{old}\n{SCHEDULER}"), &[]);
+        assert!(
+            err.contains(": takeover_policy: was replaced by [takeover] policy")
+                && err.contains("[takeover] table and owner_column"),
+            "{err}"
+        );
+        let members = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_members = [\"b\"]\n",
+        );
+        let err = refusal(&format!("{members}\n{SCHEDULER}{TAKEOVER}"), &[]);
+        assert!(
+            err.contains(": takeover_members: was replaced by [takeover] members"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_reach_capture_and_takeover() {
+        let c = parse(
+            GOOD,
+            &[
+                (
+                    "UNDERSTUDY_CAPTURE_TABLES",
+                    "project, scheduled_execution,storage,",
+                ),
+                ("UNDERSTUDY_CAPTURE_SECRET_COLUMNS", "storage.data"),
+                ("UNDERSTUDY_TAKEOVER_TABLE", "scheduled_execution"),
+                ("UNDERSTUDY_TAKEOVER_OWNER_COLUMN", "server_nodeuuid"),
+                ("UNDERSTUDY_TAKEOVER_OWNER_ID", "3f9c-a"),
+                ("UNDERSTUDY_TAKEOVER_POLICY", "static"),
+                ("UNDERSTUDY_TAKEOVER_MEMBERS", "b"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.capture.tables,
+            ["project", "scheduled_execution", "storage"]
+        );
+        assert_eq!(c.capture.secret_columns, ["storage.data"]);
+        let t = c.takeover.unwrap();
+        assert_eq!(t.owner_id, "3f9c-a");
+        assert_eq!(t.policy, TakeoverPolicy::Static(vec![MemberId::new("b")]));
+        let err = refusal(GOOD, &[("UNDERSTUDY_CAPTURE_TABLES", " , ")]);
+        assert!(err.contains(": capture.tables: must list"), "{err}");
+
+        // The policy variable follows the form the file uses.
+        let old = GOOD.replace(
+            "auto_failover = true\n",
+            "auto_failover = true\ntakeover_policy = \"any\"\n",
+        );
+        let env = [
+            ("UNDERSTUDY_TAKEOVER_POLICY", "static"),
+            ("UNDERSTUDY_TAKEOVER_MEMBERS", "b,c"),
+        ];
+        let c = parse(&old, &env).unwrap();
+        assert!(c.takeover_allows(&MemberId::new("c")));
+        assert!(!c.takeover_allows(&MemberId::new("w")));
+        let new = with("[takeover]\npolicy = \"any\"");
+        assert!(
+            !parse(&new, &env)
+                .unwrap()
+                .takeover_allows(&MemberId::new("w"))
+        );
+        assert!(
+            !parse(GOOD, &env)
+                .unwrap()
+                .takeover_allows(&MemberId::new("w"))
+        );
+    }
+
+    #[test]
+    fn every_override_has_its_own_variable() {
+        let mut names = BTreeSet::new();
+        for (section, key, _) in OVERRIDABLE {
+            assert!(names.insert(env_name(section, key)), "{section}.{key}");
+        }
     }
 
     #[test]
@@ -1035,10 +1723,15 @@ on_promote = "/usr/local/bin/start-scheduler"
                 "postgres-member.toml",
                 include_str!("../config/postgres-member.toml"),
             ),
+            (
+                "scheduler-member.toml",
+                include_str!("../config/scheduler-member.toml"),
+            ),
         ] {
             let path = PathBuf::from("/srv/understudy").join(name);
-            if let Err(e) = Config::parse(text, &path, &[]) {
-                panic!("config/{name}: {e}");
+            match Config::parse(text, &path, &[]) {
+                Err(e) => panic!("config/{name}: {e}"),
+                Ok(c) => assert_eq!(c.capture.example, name != "scheduler-member.toml"),
             }
         }
     }

@@ -5,22 +5,26 @@
 //! Owns: the rendering of quarantined changes (table, JSON), the export
 //! document and the export file (mode 0600, never overwriting), and the
 //! resolve action.
-//! Must never: show key content anywhere but in an export the operator asked
-//! for (a file, or stdout with `--include-secrets`), or overwrite a file.
+//! Must never: show a value of a secret column (`[capture] secret_columns`;
+//! the example schema's key content) anywhere but in an export the operator
+//! asked for (a file, or stdout with `--include-secrets`), or overwrite a
+//! file.
 
-use crate::capture::row_json;
+use crate::capture::{Secrets, row_json};
 use crate::config::Config;
-use crate::model::{ChangeOp, RowImage};
+use crate::model::{ChangeOp, key_text};
 use crate::store::{DivergentChange, MemberStore, StoreError};
-use base64::Engine as _;
+use crate::tables::Catalog;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The `format` field of an export document.
 pub const EXPORT_FORMAT: &str = "understudy-divergence-export";
-/// The `version` field of an export document.
-pub const EXPORT_VERSION: u32 = 1;
+/// The `version` field of an export document. 2: changes name their
+/// `table` (1 had `entity`), rows hold any captured table's columns, and
+/// every bytes value is base64 under `<column>_base64`.
+pub const EXPORT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DivergenceError {
@@ -42,10 +46,11 @@ pub enum DivergenceError {
 /// One `divergence` action, as parsed from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Table (or JSON with `json`), key content redacted.
+    /// Table (or JSON with `json`), secret columns redacted.
     List { include_resolved: bool, json: bool },
-    /// The full images for recovery: into `out` (mode 0600, key content
-    /// base64), or onto stdout (key content only with `include_secrets`).
+    /// The full images for recovery: into `out` (mode 0600, secret columns
+    /// included), or onto stdout (secret columns only with
+    /// `include_secrets`).
     Export {
         out: Option<PathBuf>,
         include_secrets: bool,
@@ -75,10 +80,8 @@ pub async fn run<S: MemberStore>(
             let list = store.divergence_list(include_resolved).await?;
             if json {
                 let unresolved = store.divergent_count().await?;
-                Ok(format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&list_json(cfg, &list, unresolved))?
-                ))
+                let doc = list_json(cfg, &store.catalog(), &list, unresolved);
+                Ok(format!("{}\n", serde_json::to_string_pretty(&doc)?))
             } else {
                 Ok(table(&list))
             }
@@ -91,9 +94,10 @@ pub async fn run<S: MemberStore>(
         } => {
             let list = store.divergence_list(include_resolved).await?;
             let now = store.db_now_ms().await?;
+            let cat = store.catalog();
             match out {
                 Some(path) => {
-                    let doc = export_json(cfg, &list, true, now);
+                    let doc = export_json(cfg, &cat, &list, true, now);
                     write_export(&path, &doc)?;
                     if json {
                         Ok(format!(
@@ -102,14 +106,14 @@ pub async fn run<S: MemberStore>(
                         ))
                     } else {
                         Ok(format!(
-                            "wrote {} quarantined change(s), key content included, to {} (mode 0600)\n",
+                            "wrote {} quarantined change(s), secret columns included, to {} (mode 0600)\n",
                             list.len(),
                             path.display()
                         ))
                     }
                 }
                 None => {
-                    let doc = export_json(cfg, &list, include_secrets, now);
+                    let doc = export_json(cfg, &cat, &list, include_secrets, now);
                     Ok(format!("{}\n", serde_json::to_string_pretty(&doc)?))
                 }
             }
@@ -140,11 +144,12 @@ fn position_fields(d: &DivergentChange) -> (u64, u64) {
     (d.change.pos.epoch, d.change.pos.seq)
 }
 
-/// One table row per quarantined change; no key content, no row values.
+/// One table row per quarantined change: its table and key (keys are
+/// never secret), no row values.
 pub fn table(list: &[DivergentChange]) -> String {
     let mut s = format!(
         "{:>6} {:>6} {:>10} {:<8} {:<6} {:<36} {:<24} {:<8} REASON\n",
-        "ID", "EPOCH", "SEQ", "ENTITY", "OP", "KEY", "QUARANTINED AT", "RESOLVED"
+        "ID", "EPOCH", "SEQ", "TABLE", "OP", "KEY", "QUARANTINED AT", "RESOLVED"
     );
     for d in list {
         let (epoch, seq) = position_fields(d);
@@ -158,9 +163,9 @@ pub fn table(list: &[DivergentChange]) -> String {
             } else {
                 seq.to_string()
             },
-            d.change.entity().table(),
+            d.change.table().as_str(),
             d.change.op_name(),
-            d.change.key(),
+            key_text(d.change.key()),
             crate::status::cli_status::utc(d.quarantined_at_ms),
             if d.resolved { "yes" } else { "no" },
             d.reason
@@ -178,9 +183,9 @@ fn entry_json(d: &DivergentChange, row: Value) -> Value {
         "id": d.id,
         "epoch": epoch,
         "seq": seq,
-        "entity": d.change.entity(),
+        "table": d.change.table(),
         "op": d.change.op_name(),
-        "key": d.change.key(),
+        "key": key_text(d.change.key()),
         "row": row,
         "quarantined_at_ms": d.quarantined_at_ms,
         "reason": d.reason,
@@ -188,44 +193,47 @@ fn entry_json(d: &DivergentChange, row: Value) -> Value {
     })
 }
 
-fn redacted_row(d: &DivergentChange) -> Value {
+/// The row image of an upsert (`null` for a delete), in the forms of
+/// [`crate::capture::row_json`].
+fn row_of(cat: &Catalog, d: &DivergentChange, secrets: Secrets) -> Value {
     match &d.change.op {
-        ChangeOp::Upsert(img) => row_json(img),
+        ChangeOp::Upsert(img) => row_json(cat, img, secrets),
         ChangeOp::Delete { .. } => Value::Null,
     }
 }
 
-/// `list --json`: one document, key content redacted.
-pub fn list_json(cfg: &Config, list: &[DivergentChange], unresolved: u64) -> Value {
+/// `list --json`: one document, secret columns redacted.
+pub fn list_json(cfg: &Config, cat: &Catalog, list: &[DivergentChange], unresolved: u64) -> Value {
+    let changes: Vec<Value> = list
+        .iter()
+        .map(|d| entry_json(d, row_of(cat, d, Secrets::Redact)))
+        .collect();
     json!({
         "cluster": cfg.cluster,
         "member": cfg.member,
         "divergent_changes": unresolved,
-        "changes": list.iter().map(|d| entry_json(d, redacted_row(d))).collect::<Vec<_>>(),
+        "changes": changes,
     })
 }
 
-/// The export document: full row images; key content as base64 in
-/// `content_base64` with `include_secrets`, else redacted.
+/// The export document: full row images; secret columns shown with
+/// `include_secrets` (bytes as base64 under `<column>_base64`, as every
+/// bytes value), else redacted.
 pub fn export_json(
     cfg: &Config,
+    cat: &Catalog,
     list: &[DivergentChange],
     include_secrets: bool,
     exported_at_ms: i64,
 ) -> Value {
+    let secrets = if include_secrets {
+        Secrets::Include
+    } else {
+        Secrets::Redact
+    };
     let changes: Vec<Value> = list
         .iter()
-        .map(|d| {
-            let row = match &d.change.op {
-                ChangeOp::Upsert(RowImage::Key(k)) if include_secrets => json!({
-                    "path": k.path, "kind": k.kind,
-                    "content_base64": base64::engine::general_purpose::STANDARD.encode(k.content.expose()),
-                    "meta": k.meta, "updated_at": k.updated_at,
-                }),
-                _ => redacted_row(d),
-            };
-            entry_json(d, row)
-        })
+        .map(|d| entry_json(d, row_of(cat, d, secrets)))
         .collect();
     json!({
         "format": EXPORT_FORMAT,
@@ -238,8 +246,8 @@ pub fn export_json(
     })
 }
 
-/// Write an export to a new file only the owner can read (it holds key
-/// content). Never overwrites; a failed write leaves no file behind.
+/// Write an export to a new file only the owner can read (it holds the
+/// values of secret columns). Never overwrites; a failed write leaves no file behind.
 pub fn write_export(path: &Path, doc: &Value) -> Result<(), DivergenceError> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| DivergenceError::Io {
@@ -275,7 +283,9 @@ pub fn write_export(path: &Path, doc: &Value) -> Result<(), DivergenceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Change, Entity, KeyRow, Position, Secret};
+    use crate::model::{Change, Position};
+    use crate::store::conformance::{del, example_catalog, key};
+    use base64::Engine as _;
 
     fn cfg() -> Config {
         let text = r#"
@@ -304,13 +314,14 @@ key = "a.key"
                 id: 1,
                 change: Change {
                     pos: Position::new(1, 9),
-                    op: ChangeOp::Upsert(RowImage::Key(KeyRow {
-                        path: "keys/db/pw".into(),
-                        kind: "password".into(),
-                        content: Secret(b"hunter2-secret".to_vec()),
-                        meta: None,
-                        updated_at: 5,
-                    })),
+                    op: ChangeOp::Upsert(key(
+                        &example_catalog(),
+                        "keys/db/pw",
+                        "password",
+                        b"hunter2-secret",
+                        None,
+                        5,
+                    )),
                 },
                 quarantined_at_ms: 1_700_000_000_000,
                 reason: "rejoin".into(),
@@ -320,10 +331,7 @@ key = "a.key"
                 id: 2,
                 change: Change {
                     pos: Position::new(1, 0),
-                    op: ChangeOp::Delete {
-                        entity: Entity::Job,
-                        key: "j1".into(),
-                    },
+                    op: del("jobs", "j1"),
                 },
                 quarantined_at_ms: 1_700_000_000_000,
                 reason: "committed while this member was fenced".into(),
@@ -335,9 +343,10 @@ key = "a.key"
     #[test]
     fn list_forms_never_show_key_content() {
         let l = sample();
+        let cat = example_catalog();
         let t = table(&l);
-        let j = list_json(&cfg(), &l, 1).to_string();
-        let e = export_json(&cfg(), &l, false, 0).to_string();
+        let j = list_json(&cfg(), &cat, &l, 1).to_string();
+        let e = export_json(&cfg(), &cat, &l, false, 0).to_string();
         for out in [&t, &j, &e] {
             assert!(!out.contains("hunter2"), "{out}");
             let b64 = base64::engine::general_purpose::STANDARD.encode(b"hunter2-secret");
@@ -347,11 +356,13 @@ key = "a.key"
         assert!(t.contains("2023-11-14"), "{t}");
         assert!(j.contains("<redacted 14 bytes>"), "{j}");
         assert!(j.contains("\"divergent_changes\":1"), "{j}");
+        assert!(j.contains("\"table\":\"jobs\""), "{j}");
+        assert!(t.lines().next().is_some_and(|h| h.contains("TABLE")), "{t}");
     }
 
     #[test]
     fn export_with_secrets_round_trips_the_content() {
-        let doc = export_json(&cfg(), &sample(), true, 42);
+        let doc = export_json(&cfg(), &example_catalog(), &sample(), true, 42);
         assert_eq!(doc["format"], EXPORT_FORMAT);
         assert_eq!(doc["include_secrets"], true);
         let b64 = doc["changes"][0]["row"]["content_base64"]
@@ -370,7 +381,7 @@ key = "a.key"
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("export.json");
-        let doc = export_json(&cfg(), &sample(), true, 1);
+        let doc = export_json(&cfg(), &example_catalog(), &sample(), true, 1);
         write_export(&p, &doc).expect("write");
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

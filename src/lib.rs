@@ -17,6 +17,7 @@ pub mod replication;
 pub mod status;
 pub mod store;
 pub mod tables;
+pub mod tables_cmd;
 pub mod transport;
 pub mod verify;
 pub mod wire;

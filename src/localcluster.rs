@@ -10,6 +10,7 @@
 use crate::config::DatabaseUrl;
 use crate::model::MemberId;
 use crate::status::client;
+use crate::tables::CaptureSpec;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,14 @@ impl LocalMember {
     }
     pub fn is_witness(&self) -> bool {
         self.database.is_none()
+    }
+    /// What the member captures, as its config file says (`[capture]`
+    /// added through the options, else the example schema; also the
+    /// example schema when the file cannot be read).
+    pub fn capture(&self) -> CaptureSpec {
+        crate::config::Config::load(&self.config)
+            .map(|c| c.capture)
+            .unwrap_or_default()
     }
 }
 
@@ -432,7 +441,9 @@ impl LocalCluster {
         // show a commit the caller has just made (the head watcher wakes up
         // a little later), and "converged" must include that commit.
         let db = match &self.member(active).database {
-            Some(u) => crate::store::AnyStore::open(u).await.ok(),
+            Some(u) => crate::store::AnyStore::open(u, &self.member(active).capture())
+                .await
+                .ok(),
             None => None,
         };
         let result = self

@@ -29,6 +29,17 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// The captured tables as the member's database describes them (keys,
+    /// columns with portable and declared types, secret columns, id
+    /// sources, foreign keys) and the schema fingerprint. Run it after
+    /// `init`; a table understudy cannot capture is refused by name.
+    Tables {
+        #[arg(long)]
+        config: PathBuf,
+        /// One JSON document instead of the text tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the sidecar (SIGTERM or SIGINT: graceful stop).
     Run {
         #[arg(long)]
@@ -348,7 +359,30 @@ async fn open_store(cfg: &Config) -> Result<AnyStore> {
             cfg.member
         );
     };
-    Ok(AnyStore::open(url).await?)
+    Ok(AnyStore::open(url, &cfg.capture).await?)
+}
+
+/// `understudy tables`. Opening a store does not refuse tables it cannot
+/// capture (`init` must open an empty database); `check_schema` does, by
+/// name, and also says when `init` has not run (no description to show).
+async fn tables(config: &Path, json: bool) -> Result<ExitCode> {
+    let cfg = load(config)?;
+    let store = open_store(&cfg).await?;
+    store.check_schema().await?;
+    let catalog = store.catalog();
+    let out = if json {
+        let doc = understudy::tables_cmd::to_json(&catalog);
+        serde_json::to_string_pretty(&doc)? + "\n"
+    } else {
+        understudy::tables_cmd::render_text(&catalog)
+    };
+    // `understudy tables | head` is a normal thing to run: a reader that
+    // stops early is not an error (println! would panic on it).
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
@@ -371,6 +405,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     member: cfg.member.clone(),
                     initial_active: cfg.initial_active.clone(),
                 },
+                &cfg.capture,
             )
             .await?;
             if report.from_version == report.to_version {
@@ -383,6 +418,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Tables { config, json } => tables(&config, json).await,
         Cmd::Run { config } => {
             let cfg = load(&config)?;
             let (tx, rx) = tokio::sync::watch::channel(false);
@@ -417,12 +453,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 left -= read.changes.len();
                 out.extend(read.changes);
             }
+            let catalog = store.catalog();
             if json {
-                let docs: Vec<_> = out.iter().map(understudy::capture::change_json).collect();
+                let docs: Vec<_> = out
+                    .iter()
+                    .map(|c| understudy::capture::change_json(&catalog, c))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&docs)?);
             } else {
                 for c in &out {
-                    println!("{}", understudy::capture::change_line(c));
+                    println!("{}", understudy::capture::change_line(&catalog, c));
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -1,9 +1,10 @@
 //! The vocabulary every other module speaks: members, epochs, positions,
-//! changes and row images.
+//! changes and row images (whose tables [`crate::tables`] describes).
 //!
 //! Owns: the typed value objects that cross module boundaries (and the wire).
 //! Must never: do IO, or print key content (`Secret` redacts itself).
 
+use crate::tables::{TableName, Value};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -128,131 +129,36 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Which application table a change touches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Entity {
-    Project,
-    Job,
-    Key,
-}
-
-impl Entity {
-    pub const ALL: [Entity; 3] = [Entity::Project, Entity::Job, Entity::Key];
-    /// The application table's name (fixed by the operator contract).
-    pub fn table(self) -> &'static str {
-        match self {
-            Entity::Project => "projects",
-            Entity::Job => "jobs",
-            Entity::Key => "keys",
-        }
-    }
-    /// The small integer the change log stores.
-    pub fn code(self) -> i64 {
-        match self {
-            Entity::Project => 1,
-            Entity::Job => 2,
-            Entity::Key => 3,
-        }
-    }
-    pub fn from_code(c: i64) -> Option<Entity> {
-        Some(match c {
-            1 => Entity::Project,
-            2 => Entity::Job,
-            3 => Entity::Key,
-            _ => return None,
-        })
-    }
-}
-
-/// A full `projects` row.
+/// The image of one row after a change: its table and its values in the
+/// table's image layout (see [`crate::tables::TableDesc::layout`]: key columns first, then
+/// the others in table order). `Debug` shows no value (any column may be
+/// secret; [`Value`] redacts itself).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProjectRow {
-    pub name: String,
-    pub description: Option<String>,
-    /// JSON text, stored as the application wrote it.
-    pub config: Option<String>,
-    /// Milliseconds since the Unix epoch.
-    pub updated_at: i64,
-}
-
-/// A full `jobs` row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRow {
-    pub id: String,
-    pub project: String,
-    pub name: String,
-    pub group_path: Option<String>,
-    pub description: Option<String>,
-    /// JSON text.
-    pub definition: Option<String>,
-    pub schedule: Option<String>,
-    pub schedule_enabled: bool,
-    pub execution_enabled: bool,
-    pub owner_member: Option<String>,
-    pub updated_at: i64,
-}
-
-/// A full `keys` row. `content` is a secret.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyRow {
-    pub path: String,
-    /// `password`, `private` or `public`.
-    pub kind: String,
-    pub content: Secret,
-    /// JSON text.
-    pub meta: Option<String>,
-    pub updated_at: i64,
-}
-
-/// The row image after a change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RowImage {
-    Project(ProjectRow),
-    Job(JobRow),
-    Key(KeyRow),
+pub struct RowImage {
+    pub table: TableName,
+    /// How many of `values` are the key (the table's primary key width).
+    pub key_len: u32,
+    pub values: Vec<Value>,
 }
 
 impl RowImage {
-    pub fn entity(&self) -> Entity {
-        match self {
-            RowImage::Project(_) => Entity::Project,
-            RowImage::Job(_) => Entity::Job,
-            RowImage::Key(_) => Entity::Key,
+    pub fn new(table: TableName, key_len: usize, values: Vec<Value>) -> RowImage {
+        RowImage {
+            table,
+            key_len: u32::try_from(key_len).unwrap_or(u32::MAX),
+            values,
         }
     }
-    pub fn key(&self) -> &str {
-        match self {
-            RowImage::Project(r) => &r.name,
-            RowImage::Job(r) => &r.id,
-            RowImage::Key(r) => &r.path,
-        }
+
+    /// The key's values (the first `key_len` values).
+    pub fn key(&self) -> &[Value] {
+        let n = (self.key_len as usize).min(self.values.len());
+        &self.values[..n]
     }
+
     /// A rough size in bytes, for chunk limits.
     pub fn approx_bytes(&self) -> usize {
-        32 + match self {
-            RowImage::Project(p) => {
-                p.name.len()
-                    + p.description.as_ref().map_or(0, String::len)
-                    + p.config.as_ref().map_or(0, String::len)
-            }
-            RowImage::Job(j) => {
-                j.id.len()
-                    + j.project.len()
-                    + j.name.len()
-                    + j.group_path.as_ref().map_or(0, String::len)
-                    + j.description.as_ref().map_or(0, String::len)
-                    + j.definition.as_ref().map_or(0, String::len)
-                    + j.schedule.as_ref().map_or(0, String::len)
-                    + j.owner_member.as_ref().map_or(0, String::len)
-            }
-            RowImage::Key(k) => {
-                k.path.len()
-                    + k.kind.len()
-                    + k.content.0.len()
-                    + k.meta.as_ref().map_or(0, String::len)
-            }
-        }
+        32 + self.table.as_str().len() + self.values.iter().map(Value::approx_bytes).sum::<usize>()
     }
 }
 
@@ -261,8 +167,8 @@ impl RowImage {
 pub enum ChangeOp {
     /// Insert or update: the full row image after the change.
     Upsert(RowImage),
-    /// Delete: only the key.
-    Delete { entity: Entity, key: String },
+    /// Delete: only the key, in key order.
+    Delete { table: TableName, key: Vec<Value> },
 }
 
 /// One row mutation, carrying its own position so a batch can never drift
@@ -274,13 +180,13 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn entity(&self) -> Entity {
+    pub fn table(&self) -> &TableName {
         match &self.op {
-            ChangeOp::Upsert(r) => r.entity(),
-            ChangeOp::Delete { entity, .. } => *entity,
+            ChangeOp::Upsert(r) => &r.table,
+            ChangeOp::Delete { table, .. } => table,
         }
     }
-    pub fn key(&self) -> &str {
+    pub fn key(&self) -> &[Value] {
         match &self.op {
             ChangeOp::Upsert(r) => r.key(),
             ChangeOp::Delete { key, .. } => key,
@@ -294,31 +200,30 @@ impl Change {
     }
     /// A rough size in bytes, for batch limits.
     pub fn approx_bytes(&self) -> usize {
-        48 + match &self.op {
-            ChangeOp::Upsert(RowImage::Project(p)) => {
-                p.name.len()
-                    + p.description.as_ref().map_or(0, String::len)
-                    + p.config.as_ref().map_or(0, String::len)
+        16 + match &self.op {
+            ChangeOp::Upsert(r) => r.approx_bytes(),
+            ChangeOp::Delete { table, key } => {
+                32 + table.as_str().len() + key.iter().map(Value::approx_bytes).sum::<usize>()
             }
-            ChangeOp::Upsert(RowImage::Job(j)) => {
-                j.id.len()
-                    + j.project.len()
-                    + j.name.len()
-                    + j.group_path.as_ref().map_or(0, String::len)
-                    + j.description.as_ref().map_or(0, String::len)
-                    + j.definition.as_ref().map_or(0, String::len)
-                    + j.schedule.as_ref().map_or(0, String::len)
-                    + j.owner_member.as_ref().map_or(0, String::len)
-            }
-            ChangeOp::Upsert(RowImage::Key(k)) => {
-                k.path.len()
-                    + k.kind.len()
-                    + k.content.0.len()
-                    + k.meta.as_ref().map_or(0, String::len)
-            }
-            ChangeOp::Delete { key, .. } => key.len(),
         }
     }
+}
+
+/// A key as operators read it: its values joined by `,` (text as is,
+/// bytes as hex). Keys are never secret (the catalog refuses secret key
+/// columns), so printing them is safe.
+pub fn key_text(key: &[Value]) -> String {
+    key.iter()
+        .map(|v| match v {
+            Value::Null => "NULL".to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Real(f) => f.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Text(s) => s.clone(),
+            Value::Bytes(b) => hex::encode(b),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -334,15 +239,26 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let k = KeyRow {
-            path: "keys/a".into(),
-            kind: "password".into(),
-            content: Secret(b"hunter2".to_vec()),
-            meta: None,
-            updated_at: 0,
-        };
-        let shown = format!("{k:?} {}", k.content);
+        let k = RowImage::new(
+            TableName::new("keys"),
+            1,
+            vec![
+                Value::Text("keys/a".into()),
+                Value::Bytes(b"hunter2".to_vec()),
+            ],
+        );
+        let shown = format!("{k:?} {}", Secret(b"hunter2".to_vec()));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn keys_are_the_leading_values() {
+        let r = RowImage::new(
+            TableName::new("t"),
+            2,
+            vec![Value::Int(1), Value::Text("b".into()), Value::Null],
+        );
+        assert_eq!(key_text(r.key()), "1,b");
     }
 }

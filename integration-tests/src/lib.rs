@@ -8,13 +8,15 @@
 pub mod fence_watch;
 pub mod pg;
 pub mod proxy;
+pub mod scheduler;
 pub mod tools;
 
 use std::path::PathBuf;
 use std::time::Duration;
 use understudy::config::DatabaseUrl;
-use understudy::model::Change;
-use understudy::store::{AnyStore, MemberStore, TableChecksum};
+use understudy::model::{Change, ChangeOp};
+use understudy::store::{AnyStore, MemberStore, StoreResult, TableChecksum};
+use understudy::tables::CaptureSpec;
 use understudy::workload::{AppConn, AppOp, Workload};
 
 /// The `understudy` binary of this build (`cargo build` puts it beside the
@@ -80,14 +82,20 @@ pub async fn write_workload(
     Ok(retries)
 }
 
-/// Checksums of one member's application tables.
-pub async fn checksums(url: &DatabaseUrl) -> anyhow::Result<Vec<TableChecksum>> {
-    Ok(AnyStore::open(url).await?.checksums().await?)
+/// One member's store, opened as an agent without `[capture]` opens it
+/// (the example schema).
+pub async fn open_store(url: &DatabaseUrl) -> StoreResult<AnyStore> {
+    AnyStore::open(url, &CaptureSpec::example()).await
 }
 
-/// A member's whole change log.
+/// Checksums of one member's application tables (the example schema).
+pub async fn checksums(url: &DatabaseUrl) -> anyhow::Result<Vec<TableChecksum>> {
+    Ok(open_store(url).await?.checksums().await?)
+}
+
+/// A member's whole change log (the example schema).
 pub async fn change_log(url: &DatabaseUrl) -> anyhow::Result<Vec<Change>> {
-    let s = AnyStore::open(url).await?;
+    let s = open_store(url).await?;
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -97,6 +105,15 @@ pub async fn change_log(url: &DatabaseUrl) -> anyhow::Result<Vec<Change>> {
         out.extend(r.changes);
     }
     Ok(out)
+}
+
+/// The name of the project a change upserts (the key of `projects`), if it
+/// upserts one.
+pub fn upserted_project(c: &Change) -> Option<&str> {
+    match &c.op {
+        ChangeOp::Upsert(r) if r.table.as_str() == "projects" => r.key().first()?.as_text(),
+        _ => None,
+    }
 }
 
 /// Wait for `cond` (polled every 20 ms) or fail naming what was awaited.

@@ -30,7 +30,7 @@
 
 use integration_tests::fence_watch::FenceWatch;
 use integration_tests::proxy::{FaultProxy, Mode};
-use integration_tests::{checksums, seed, understudy_bin};
+use integration_tests::{checksums, open_store, seed, understudy_bin, upserted_project};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,8 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
 use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
-use understudy::model::{ChangeOp, RowImage};
-use understudy::store::{AnyStore, MemberStore};
+use understudy::store::MemberStore;
 use understudy::workload::{AppConn, AppOp, SplitMix};
 
 const MEMBERS: [&str; 3] = ["a", "b", "c"];
@@ -388,7 +387,7 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     let mut quarantined: BTreeMap<String, String> = BTreeMap::new();
     let mut quarantine_sizes = BTreeMap::new();
     for (m, u) in &urls {
-        let q = AnyStore::open(u)
+        let q = open_store(u)
             .await
             .unwrap()
             .divergence_list(true)
@@ -396,10 +395,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
             .unwrap();
         quarantine_sizes.insert(m.clone(), q.len());
         for d in q {
-            if let ChangeOp::Upsert(RowImage::Project(p)) = &d.change.op
-                && p.name.starts_with(PREFIX)
+            if let Some(p) = upserted_project(&d.change)
+                && p.starts_with(PREFIX)
             {
-                quarantined.insert(p.name.clone(), m.clone());
+                quarantined.insert(p.to_string(), m.clone());
             }
         }
     }

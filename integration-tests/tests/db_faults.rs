@@ -26,7 +26,9 @@
 
 use integration_tests::fence_watch::FenceWatch;
 use integration_tests::pg::{self, PgServer, StopMode};
-use integration_tests::{checksums, seed, understudy_bin, wait_until};
+use integration_tests::{
+    checksums, open_store, seed, understudy_bin, upserted_project, wait_until,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,8 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
 use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
-use understudy::model::{ChangeOp, RowImage};
-use understudy::store::{AnyStore, MemberStore};
+use understudy::store::MemberStore;
 use understudy::workload::{AppConn, AppOp};
 
 const PREFIX: &str = "dbf-";
@@ -217,17 +218,17 @@ async fn check_nothing_lost(cl: &LocalCluster, committed: &Committed) {
     let on_active = written_rows(&url(&active)).await;
     let mut quarantined = BTreeSet::new();
     for m in &cl.members {
-        for d in AnyStore::open(&url(m.id.as_str()))
+        for d in open_store(&url(m.id.as_str()))
             .await
             .unwrap()
             .divergence_list(true)
             .await
             .unwrap()
         {
-            if let ChangeOp::Upsert(RowImage::Project(p)) = &d.change.op
-                && p.name.starts_with(PREFIX)
+            if let Some(p) = upserted_project(&d.change)
+                && p.starts_with(PREFIX)
             {
-                quarantined.insert(p.name.clone());
+                quarantined.insert(p.to_string());
             }
         }
     }

@@ -10,6 +10,7 @@ use std::process::{Command, Output};
 use understudy::model::{Epoch, MemberId, Position, Role};
 use understudy::store::MemberStore;
 use understudy::store::sqlite::SqliteStore;
+use understudy::tables::CaptureSpec;
 
 const SECRET: &[u8] = b"pw-\x00\xffDIVERGED-42";
 
@@ -86,7 +87,9 @@ fn prepare(dir: &Path) -> PathBuf {
     drop(c);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let s = SqliteStore::open(&db).await.expect("store");
+        let s = SqliteStore::open(&db, &CaptureSpec::example())
+            .await
+            .expect("store");
         s.set_role(Role::Fenced, Epoch(2), Some(&MemberId::new("b")))
             .await
             .expect("fence");
@@ -140,7 +143,7 @@ fn list_export_and_resolve() {
         "ID",
         "EPOCH",
         "SEQ",
-        "ENTITY",
+        "TABLE",
         "OP",
         "KEY",
         "QUARANTINED AT",

@@ -399,15 +399,14 @@ async fn switchovers_under_a_writer(mut cl: LocalCluster, n: usize) {
     let mut missing = Vec::new();
     for m in ["a", "b", "c"] {
         let log = change_log(&url(&cl, m)).await.unwrap();
-        let names: std::collections::BTreeMap<String, String> =
-            log.iter()
-                .filter_map(|c| match &c.op {
-                    understudy::model::ChangeOp::Upsert(understudy::model::RowImage::Project(
-                        p,
-                    )) if p.name.starts_with("sw-") => Some((p.name.clone(), c.pos.to_string())),
-                    _ => None,
-                })
-                .collect();
+        let names: std::collections::BTreeMap<String, String> = log
+            .iter()
+            .filter_map(|c| {
+                integration_tests::upserted_project(c)
+                    .filter(|p| p.starts_with("sw-"))
+                    .map(|p| (p.to_string(), c.pos.to_string()))
+            })
+            .collect();
         for n in &expected {
             if !names.contains_key(*n) {
                 missing.push(format!("{m} lacks the committed write {n}"));
@@ -442,7 +441,7 @@ async fn switchovers_under_a_writer(mut cl: LocalCluster, n: usize) {
 /// new active's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_active() {
-    use understudy::store::{AnyStore, MemberStore};
+    use understudy::store::MemberStore;
     let dir = tempfile::tempdir().unwrap();
     let mut cl = create(dir.path(), &specs(dir.path(), &["a", "b", "c"], &[]));
     cl.start_all().unwrap();
@@ -477,7 +476,7 @@ async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_a
     assert!(tail_writes > 0, "a committed nothing after b and c froze");
     cl.kill("a");
     let a_log = change_log(&a_url).await.unwrap();
-    let a_head = AnyStore::open(&a_url)
+    let a_head = integration_tests::open_store(&a_url)
         .await
         .unwrap()
         .state()
@@ -501,7 +500,7 @@ async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_a
     let w_url = url(&cl, &winner);
     let mut w2 = Workload::new(seed(52)).with_max_jobs(40);
     write_workload(&w_url, &mut w2, 60, 3).await.unwrap();
-    let history = AnyStore::open(&w_url)
+    let history = integration_tests::open_store(&w_url)
         .await
         .unwrap()
         .epoch_history()
@@ -524,7 +523,7 @@ async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_a
         checksums(&a_url).await.unwrap(),
         checksums(&w_url).await.unwrap()
     );
-    let q = AnyStore::open(&a_url)
+    let q = integration_tests::open_store(&a_url)
         .await
         .unwrap()
         .divergence_list(false)
@@ -559,7 +558,7 @@ async fn a_returning_active_quarantines_its_divergent_tail_and_matches_the_new_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_stopped_between_quarantine_and_snapshot_takes_the_snapshot_on_restart() {
     use understudy::model::Position;
-    use understudy::store::{AnyStore, MemberStore};
+    use understudy::store::MemberStore;
     let dir = tempfile::tempdir().unwrap();
     let mut cl = create(dir.path(), &specs(dir.path(), &["a", "b", "c"], &[]));
     cl.start_all().unwrap();
@@ -584,7 +583,7 @@ async fn a_member_stopped_between_quarantine_and_snapshot_takes_the_snapshot_on_
     )
     .unwrap();
     drop(db);
-    let store = AnyStore::open(&c_url).await.unwrap();
+    let store = integration_tests::open_store(&c_url).await.unwrap();
     let head = store.state().await.unwrap().position;
     let keep = Position::new(head.epoch, head.seq - 3);
     assert_eq!(
@@ -615,7 +614,7 @@ async fn a_member_stopped_between_quarantine_and_snapshot_takes_the_snapshot_on_
     });
     let log = std::fs::read_to_string(&cl.member("c").log).unwrap();
     assert!(log.contains("snapshot installed"), "c took no snapshot");
-    let store = AnyStore::open(&c_url).await.unwrap();
+    let store = integration_tests::open_store(&c_url).await.unwrap();
     assert!(!store.state().await.unwrap().snapshot_due, "paid");
     assert_eq!(store.divergent_count().await.unwrap(), 3);
 }

@@ -26,9 +26,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 use understudy::config::Config;
-use understudy::model::{
-    Change, ChangeOp, Entity, Epoch, KeyRow, MemberId, Position, ProjectRow, Role, RowImage, Secret,
-};
+use understudy::model::{Change, ChangeOp, Epoch, MemberId, Position, Role};
+use understudy::store::conformance::{del, example_catalog, key, project};
 use understudy::wire::{
     Batch, ClientMsg, FrameReader, HEADER_BYTES, Heartbeat, Hello, MAX_FRAME_BYTES,
     PROTOCOL_VERSION, ServerMsg, WireError, decode_frame, encode_frame,
@@ -382,6 +381,7 @@ fn hello() -> Hello {
         epoch: Epoch(3),
         position: Position::new(3, 41),
         want_snapshot: false,
+        schema: None,
     }
 }
 
@@ -396,33 +396,33 @@ fn heartbeat() -> Heartbeat {
 }
 
 fn batch() -> Batch {
+    let cat = example_catalog();
     Batch {
         changes: vec![
             Change {
                 pos: Position::new(3, 42),
-                op: ChangeOp::Upsert(RowImage::Project(ProjectRow {
-                    name: "ops".into(),
-                    description: Some("nightly jobs".into()),
-                    config: Some("{\"a\":1}".into()),
-                    updated_at: 1_700_000_000_000,
-                })),
+                op: ChangeOp::Upsert(project(
+                    &cat,
+                    "ops",
+                    Some("nightly jobs"),
+                    Some("{\"a\":1}"),
+                    1_700_000_000_000,
+                )),
             },
             Change {
                 pos: Position::new(3, 43),
-                op: ChangeOp::Upsert(RowImage::Key(KeyRow {
-                    path: "keys/db".into(),
-                    kind: "password".into(),
-                    content: Secret(b"hunter2".to_vec()),
-                    meta: None,
-                    updated_at: 1_700_000_000_001,
-                })),
+                op: ChangeOp::Upsert(key(
+                    &cat,
+                    "keys/db",
+                    "password",
+                    b"hunter2",
+                    None,
+                    1_700_000_000_001,
+                )),
             },
             Change {
                 pos: Position::new(3, 44),
-                op: ChangeOp::Delete {
-                    entity: Entity::Job,
-                    key: "job-1".into(),
-                },
+                op: del("jobs", "job-1"),
             },
         ],
         commit: true,

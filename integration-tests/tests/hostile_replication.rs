@@ -62,6 +62,7 @@ fn hello(cluster: &str, member: &str, protocol: u16) -> ClientMsg {
         epoch: Epoch(1),
         position: Position::ZERO,
         want_snapshot: false,
+        schema: None,
     })
 }
 

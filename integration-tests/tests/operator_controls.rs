@@ -368,8 +368,8 @@ async fn the_lag_gate_blocking_every_candidate_is_explained_and_force_is_the_way
     write_workload(&u, &mut w, 60, 3).await.unwrap();
     // The head as the database has it (the status may trail a commit).
     let head = {
-        use understudy::store::{AnyStore, MemberStore};
-        AnyStore::open(&u)
+        use understudy::store::MemberStore;
+        integration_tests::open_store(&u)
             .await
             .unwrap()
             .state()

@@ -863,7 +863,7 @@ async fn graceful_stop_fences_the_active_and_keeps_data_consistent() {
     let code = tokio::task::block_in_place(|| cl.stop("b", Duration::from_secs(15)));
     assert_eq!(code, Some(0), "{}", cl.log_tail("b", 20));
     let b_log = change_log(&b_url).await.unwrap();
-    let b_state = understudy::store::AnyStore::open(&b_url).await.unwrap();
+    let b_state = integration_tests::open_store(&b_url).await.unwrap();
     let st = understudy::store::MemberStore::state(&b_state)
         .await
         .unwrap();

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
 use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
-use understudy::store::{AnyStore, MemberStore};
+use understudy::store::MemberStore;
 use understudy::workload::{AppConn, Workload};
 
 #[derive(Clone, Copy, Debug)]
@@ -210,7 +210,7 @@ async fn join_by_snapshot(active: B, joiner: B, seed_default: u64) {
         .expect("seed");
     eprintln!("seeded in {:.1} s", t.elapsed().as_secs_f64());
     cl.start("a").unwrap();
-    let probe = AnyStore::open(&a_url).await.unwrap();
+    let probe = integration_tests::open_store(&a_url).await.unwrap();
     if let Err(e) = wait_until(
         Duration::from_secs(600),
         "the active to trim its log past seq 1",

@@ -1,50 +1,13 @@
--- understudy PostgreSQL schema 1: application tables and agent tables.
+-- understudy PostgreSQL schema 1: agent tables.
 --
--- Application tables (projects, jobs, keys) have the names and columns fixed
--- by the operator contract. JSON columns are `text`, not `jsonb`: jsonb
--- rewrites the text it stores and checksums must match SQLite byte for byte.
--- `updated_at` is milliseconds since the Unix epoch on both backends.
+-- (The example schema's tables are in example.sql, created by `init` when
+-- the config has no [capture]; databases made by releases before schema 5
+-- got them here, and migration 5 converts what those releases logged.)
 --
--- Agent tables carry the `us_` prefix. Row images in the staging table and the
--- change log are typed columns, one set shared by all three entities:
---
---   entity   key    t1           t2            t3          t4           t5          t6        t7            f1                f2                 content  updated_at
---   project  name   description  config
---   job      id     project      name          group_path  description  definition  schedule  owner_member  schedule_enabled  execution_enabled
---   key      path   kind         meta                                                                                                             content
---
--- entity: 1 project, 2 job, 3 key.  op: 1 upsert (full image), 2 delete (key only).
-
-CREATE TABLE IF NOT EXISTS projects (
-    name        text PRIMARY KEY,
-    description text,
-    config      text,
-    updated_at  bigint NOT NULL DEFAULT (extract(epoch from clock_timestamp()) * 1000)::bigint
-);
-
-CREATE TABLE IF NOT EXISTS jobs (
-    id                text PRIMARY KEY,
-    project           text NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
-    name              text NOT NULL,
-    group_path        text,
-    description       text,
-    definition        text,
-    schedule          text NULL,
-    schedule_enabled  boolean NOT NULL DEFAULT true,
-    execution_enabled boolean NOT NULL DEFAULT true,
-    owner_member      text NULL,
-    updated_at        bigint NOT NULL DEFAULT (extract(epoch from clock_timestamp()) * 1000)::bigint
-);
-
-CREATE INDEX IF NOT EXISTS jobs_project_idx ON jobs (project);
-
-CREATE TABLE IF NOT EXISTS keys (
-    path       text PRIMARY KEY,
-    kind       text NOT NULL CHECK (kind IN ('password', 'private', 'public')),
-    content    bytea NOT NULL,
-    meta       text,
-    updated_at bigint NOT NULL DEFAULT (extract(epoch from clock_timestamp()) * 1000)::bigint
-);
+-- Agent tables carry the `us_` prefix. The row-image columns below are the
+-- format of schemas 1 to 4 (typed columns for projects, jobs and keys);
+-- 0005_generic_tables.sql turns them into the one format of every captured
+-- table (see that file).
 
 -- Staging: capture triggers write here in the application's transaction.
 -- Rows become visible at commit; the sequencer moves them into us_changelog.

@@ -1,5 +1,7 @@
--- understudy SQLite schema 1: application tables, replication state, epoch
--- history, change log, capture triggers, project cascade, initial fence.
+-- understudy SQLite schema 1: replication state, epoch history, change log.
+-- (The example schema's tables are in example.sql, created by `init` when
+-- the config has no [capture]; databases made before schema 4 had them and
+-- fixed capture triggers here: migration 4 converts those.)
 --
 -- Runs inside one transaction opened by `understudy init`. Everything here is
 -- plain SQL the sqlite3 3.40 shell understands too: applications may write
@@ -8,45 +10,6 @@
 -- Times are integer milliseconds since the Unix epoch, computed as
 --   CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
 -- (unixepoch('subsec') needs SQLite 3.42; older shells must read this schema).
-
--- ------------------------------------------------------------ application
-
-CREATE TABLE IF NOT EXISTS projects (
-    name        TEXT NOT NULL PRIMARY KEY,
-    description TEXT,
-    config      TEXT,
-    updated_at  INTEGER NOT NULL
-                DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
-                CHECK (typeof(updated_at) = 'integer')
-);
-
-CREATE TABLE IF NOT EXISTS jobs (
-    id                TEXT NOT NULL PRIMARY KEY,
-    project           TEXT NOT NULL REFERENCES projects(name) ON DELETE CASCADE,
-    name              TEXT NOT NULL,
-    group_path        TEXT,
-    description       TEXT,
-    definition        TEXT,
-    schedule          TEXT NULL,
-    schedule_enabled  INTEGER NOT NULL DEFAULT 1 CHECK (schedule_enabled IN (0, 1)),
-    execution_enabled INTEGER NOT NULL DEFAULT 1 CHECK (execution_enabled IN (0, 1)),
-    owner_member      TEXT NULL,
-    updated_at        INTEGER NOT NULL
-                      DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
-                      CHECK (typeof(updated_at) = 'integer')
-);
-
-CREATE INDEX IF NOT EXISTS us_jobs_project ON jobs(project);
-
-CREATE TABLE IF NOT EXISTS keys (
-    path       TEXT NOT NULL PRIMARY KEY,
-    kind       TEXT NOT NULL CHECK (kind IN ('password', 'private', 'public')),
-    content    BLOB NOT NULL,
-    meta       TEXT,
-    updated_at INTEGER NOT NULL
-               DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
-               CHECK (typeof(updated_at) = 'integer')
-);
 
 -- ------------------------------------------------------------ agent state
 
@@ -78,100 +41,22 @@ CREATE TABLE us_epoch_history (
 );
 
 -- The change log. AUTOINCREMENT: a seq is never reused, even after the
--- newest rows are trimmed. Images are typed columns (no JSON), by entity:
---   entity 1 projects: key = name, c1 description, c2 config, c3 updated_at
---   entity 2 jobs:     key = id, c1 project, c2 name, c3 group_path,
---                      c4 description, c5 definition, c6 schedule,
---                      c7 schedule_enabled, c8 execution_enabled,
---                      c9 owner_member, c10 updated_at
---   entity 3 keys:     key = path, c1 kind, c2 content, c3 meta, c4 updated_at
--- op 1 = upsert (image after), op 2 = delete (key only).
--- c1..c10 have no declared type so values keep their storage class.
+-- newest rows are trimmed. `tbl` is the captured table's name; the image's
+-- values follow in c0, c1, ... in the table's image layout (its primary-key
+-- columns in key order, then its other columns in table order; see
+-- src/tables). A delete (op 2) holds only the key; an upsert (op 1) the
+-- whole row after the change. The value columns have no declared type, so
+-- values keep the storage class the application gave them. `init` adds
+-- value columns when a captured table is wider than the log.
 CREATE TABLE us_changelog (
-    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
-    epoch  INTEGER NOT NULL,
-    entity INTEGER NOT NULL,
-    op     INTEGER NOT NULL,
-    key    TEXT NOT NULL,
-    c1, c2, c3, c4, c5, c6, c7, c8, c9, c10
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    epoch INTEGER NOT NULL,
+    tbl   TEXT NOT NULL,
+    op    INTEGER NOT NULL,
+    c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10
 );
 
--- ------------------------------------------------------------ capture
--- One INSERT per row change, in the writer's transaction; the epoch comes
--- from the one-row state table; skipped while the agent applies.
-
-CREATE TRIGGER us_capture_projects_ins AFTER INSERT ON projects BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3)
-    SELECT epoch, 1, 1, NEW.name, NEW.description, NEW.config, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_projects_upd AFTER UPDATE ON projects BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 1, 2, OLD.name
-    FROM us_state WHERE applying = 0 AND OLD.name IS NOT NEW.name;
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3)
-    SELECT epoch, 1, 1, NEW.name, NEW.description, NEW.config, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
--- Also the ON DELETE CASCADE of jobs, for writers that did not turn on
--- PRAGMA foreign_keys (the sqlite3 shell does not): the job deletes fire
--- their own capture triggers in this same transaction. On the agent's apply
--- path it repeats what the active did (its job deletes follow in the log).
-CREATE TRIGGER us_capture_projects_del AFTER DELETE ON projects BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 1, 2, OLD.name
-    FROM us_state WHERE applying = 0;
-    DELETE FROM jobs WHERE project = OLD.name;
-END;
-
-CREATE TRIGGER us_capture_jobs_ins AFTER INSERT ON jobs BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
-    SELECT epoch, 2, 1, NEW.id, NEW.project, NEW.name, NEW.group_path, NEW.description,
-           NEW.definition, NEW.schedule, NEW.schedule_enabled, NEW.execution_enabled,
-           NEW.owner_member, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_jobs_upd AFTER UPDATE ON jobs BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 2, 2, OLD.id
-    FROM us_state WHERE applying = 0 AND OLD.id IS NOT NEW.id;
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
-    SELECT epoch, 2, 1, NEW.id, NEW.project, NEW.name, NEW.group_path, NEW.description,
-           NEW.definition, NEW.schedule, NEW.schedule_enabled, NEW.execution_enabled,
-           NEW.owner_member, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_jobs_del AFTER DELETE ON jobs BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 2, 2, OLD.id
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_keys_ins AFTER INSERT ON keys BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3, c4)
-    SELECT epoch, 3, 1, NEW.path, NEW.kind, NEW.content, NEW.meta, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_keys_upd AFTER UPDATE ON keys BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 3, 2, OLD.path
-    FROM us_state WHERE applying = 0 AND OLD.path IS NOT NEW.path;
-    INSERT INTO us_changelog (epoch, entity, op, key, c1, c2, c3, c4)
-    SELECT epoch, 3, 1, NEW.path, NEW.kind, NEW.content, NEW.meta, NEW.updated_at
-    FROM us_state WHERE applying = 0;
-END;
-
-CREATE TRIGGER us_capture_keys_del AFTER DELETE ON keys BEGIN
-    INSERT INTO us_changelog (epoch, entity, op, key)
-    SELECT epoch, 3, 2, OLD.path
-    FROM us_state WHERE applying = 0;
-END;
-
--- The fence triggers (us_fence_<table>_<op>, BEFORE each write) are created
--- and re-created by the agent with the member names written into their
--- messages (RAISE takes only a literal); see src/store/sqlite.
+-- Capture, cascade and fence triggers (us_capture_*, us_cascade_*,
+-- us_fence_*) are generated by the agent from the captured tables'
+-- description and kept in step with it by `init`; see
+-- src/store/sqlite/capture.rs.

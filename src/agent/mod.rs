@@ -70,7 +70,7 @@ async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<TcpListe
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
     let store = match &config.database {
         Some(url) => {
-            let s = AnyStore::open(url).await?;
+            let s = AnyStore::open(url, &config.capture).await?;
             s.check_schema().await?;
             Some(Arc::new(s))
         }
@@ -146,6 +146,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         controller: None,
         hooks: Vec::new(),
         lease_until: None,
+        schema_fingerprint: store
+            .as_ref()
+            .map(|s| s.catalog().fingerprint().to_string())
+            .unwrap_or_default(),
+        apply_blocked: None,
     }));
     tracing::info!(
         member = %config.member, %role, %epoch,

@@ -4,9 +4,11 @@
 //!
 //! Owns: starting and stopping the head watcher and the shipping gate (the
 //! active's side) and the applier (a passive's side), keeping the live view
-//! and the node's epoch in step with the controller's decisions, job
-//! takeover and hooks, and the ordering rule that the applier has stopped
-//! before this member records itself as a new epoch's active.
+//! and the node's epoch in step with the controller's decisions, row
+//! takeover, id generators and hooks, and the ordering rules that the
+//! applier has stopped before this member records itself as a new epoch's
+//! active, and that id generators have moved past the replicated rows
+//! before it lifts its fence.
 //! Must never: decide a role (the controller does), or let an apply
 //! transaction from the old active run while this member becomes the active.
 
@@ -99,25 +101,38 @@ impl RoleRuntime {
         })
     }
 
-    /// On promotion: the jobs the former active owned now belong to this
-    /// member (an ordinary captured write, so it replicates), as the
-    /// takeover policy allows.
-    async fn take_over_jobs(&self, from: Option<&MemberId>) {
-        let Some(store) = &self.store else {
+    /// On promotion: the rows the former active owned now belong to this
+    /// member (an ordinary captured write, so it replicates), as
+    /// `[takeover]` and its policy allow; nothing without `[takeover]`.
+    async fn take_over(&self, from: Option<&MemberId>) {
+        let (Some(store), Some(t)) = (&self.store, &self.node.config.takeover) else {
             return;
         };
-        let me = &self.node.member;
-        if let Some(f) = from
-            && !self.node.config.takeover_allows(f)
-        {
-            tracing::info!(from = %f, "job takeover: the takeover policy does not list this member; its jobs keep their owner");
-            return;
-        }
+        let config = &self.node.config;
+        let from_owner = match from {
+            Some(f) if !config.takeover_allows(f) => {
+                tracing::info!(from = %f, table = %t.table, "takeover: the takeover policy does not list this member; its rows keep their owner");
+                return;
+            }
+            Some(f) => match config.owner_id_of(f) {
+                Some(o) => Some(o),
+                None => {
+                    tracing::warn!(from = %f, table = %t.table, "takeover: the former active is not in [[peers]], so its owner id is unknown; its rows keep their owner");
+                    return;
+                }
+            },
+            None => None,
+        };
         let who = from.map_or_else(|| "no owner".to_string(), ToString::to_string);
-        match store.take_over_jobs(from, me).await {
-            Ok(n) => tracing::info!(from = %who, jobs = n, "scheduled jobs taken over"),
+        match store
+            .take_over(&t.table, &t.owner_column, from_owner, &t.owner_id)
+            .await
+        {
+            Ok(n) => {
+                tracing::info!(from = %who, table = %t.table, column = %t.owner_column, rows = n, "rows taken over")
+            }
             Err(e) => {
-                tracing::warn!(from = %who, error = %e, "job takeover failed; the jobs keep their owner")
+                tracing::warn!(from = %who, table = %t.table, error = %e, "takeover failed; the rows keep their owner")
             }
         }
     }
@@ -248,8 +263,8 @@ impl RoleSink for Sink {
     async fn follow(&self, epoch: Epoch, active: &MemberId) {
         self.0.follow(epoch, active).await
     }
-    async fn take_over_jobs(&self, from: Option<&MemberId>) {
-        self.0.take_over_jobs(from).await
+    async fn take_over(&self, from: Option<&MemberId>) {
+        self.0.take_over(from).await
     }
     async fn run_hook(&self, hook: Hook) -> bool {
         self.0.run_hook(hook).await
@@ -299,6 +314,14 @@ impl ControlStore for MemberControl {
     ) -> Result<(), ControlStoreError> {
         if role == Role::Active {
             self.roles.stop_following().await;
+            // Every replicated row is in now (the applier has stopped): move
+            // the id generators past them before the fence lets the
+            // application insert, or its next default id could collide.
+            let moved = MemberStore::advance_id_generators(self.store.as_ref()).await?;
+            tracing::info!(
+                generators = moved,
+                "id generators moved past the replicated rows before lifting the fence"
+            );
         }
         ControlStore::set_role(&self.store, role, epoch, active).await?;
         // Hooks and status see the new epoch and active from here on (the

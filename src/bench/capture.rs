@@ -9,6 +9,7 @@ use super::{Backend, BenchArgs};
 use crate::config::DatabaseUrl;
 use crate::model::MemberId;
 use crate::store::InitParams;
+use crate::tables::CaptureSpec;
 use crate::workload::{AppConn, Workload};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -106,7 +107,7 @@ pub(crate) async fn pg_admin(server: &str) -> Result<tokio_postgres::Client> {
     Ok(c)
 }
 
-/// Drop every trigger on the application tables (the raw baseline).
+/// Drop every trigger on the application's tables (the raw baseline).
 pub(crate) async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
     match url {
         DatabaseUrl::Sqlite(p) => {
@@ -127,7 +128,7 @@ pub(crate) async fn drop_triggers(url: &DatabaseUrl) -> Result<()> {
             let rows = c
                 .query(
                     "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
-                     WHERE NOT t.tgisinternal AND c.relname IN ('projects', 'jobs', 'keys')",
+                     WHERE NOT t.tgisinternal AND c.relname NOT LIKE 'us\\_%'",
                     &[],
                 )
                 .await?;
@@ -170,9 +171,9 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     let mut rows = Vec::new();
     for tx_size in [1usize, 100] {
         let on = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_on").await?;
-        crate::store::init_database(&on.url, &params()).await?;
+        crate::store::init_database(&on.url, &params(), &CaptureSpec::example()).await?;
         let off = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_off").await?;
-        crate::store::init_database(&off.url, &params()).await?;
+        crate::store::init_database(&off.url, &params(), &CaptureSpec::example()).await?;
         drop_triggers(&off.url).await?;
         // Alternate to spread any warm-up effect: off, on.
         eprintln!(

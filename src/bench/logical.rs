@@ -24,6 +24,7 @@
 use super::capture::{BenchDb, drop_triggers, params, write_rate};
 use super::{Backend, BenchArgs, LagSample, lag_fields};
 use crate::config::{DatabaseUrl, redact_url};
+use crate::tables::CaptureSpec;
 use crate::workload::{AppConn, AppOp, Workload, now_ms, project_name};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -49,7 +50,7 @@ async fn connect(url: &DatabaseUrl) -> Result<tokio_postgres::Client> {
 /// triggers.
 async fn plain_db(server: &str, name: &str) -> Result<BenchDb> {
     let db = BenchDb::create(Backend::Postgres, Some(server), name).await?;
-    crate::store::init_database(&db.url, &params()).await?;
+    crate::store::init_database(&db.url, &params(), &CaptureSpec::example()).await?;
     drop_triggers(&db.url).await?;
     Ok(db)
 }

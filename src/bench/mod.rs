@@ -13,6 +13,7 @@ pub mod failover;
 pub mod logical;
 pub mod pin;
 pub mod replication;
+pub mod scheduler;
 pub mod snapshot;
 
 use anyhow::Result;
@@ -102,11 +103,27 @@ pub struct BenchArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Capture mode: `example` (the standard workload on the example
+    /// schema) or `scheduler` (the scheduler-shaped fixture of
+    /// schemas/examples/, nine tables with composite keys and cascades).
+    #[arg(long, value_enum, default_value = "example")]
+    pub schema: SchemaChoice,
+}
+
+/// Which schema a capture bench writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaChoice {
+    Example,
+    Scheduler,
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let doc = match args.mode {
+        Mode::Capture if args.schema == SchemaChoice::Scheduler => scheduler::run(&args).await?,
         Mode::Capture => capture::run(&args).await?,
+        _ if args.schema == SchemaChoice::Scheduler => {
+            anyhow::bail!("--schema scheduler is for --mode capture only")
+        }
         Mode::Replication => replication::run(&args).await?,
         Mode::Snapshot => snapshot::run(&args).await?,
         Mode::PgLogical => logical::run(&args).await?,

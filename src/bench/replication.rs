@@ -10,8 +10,9 @@ use super::capture::{BenchDb, params, write_rate};
 use super::{Backend, BenchArgs, LagSample, lag_fields};
 use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
-use crate::model::{ChangeOp, RowImage};
+use crate::model::{Change, ChangeOp};
 use crate::store::{AnyStore, MemberStore};
+use crate::tables::{CaptureSpec, Catalog, Value as Cell};
 use crate::workload::{AppConn, Workload, now_ms};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -23,11 +24,24 @@ use std::time::{Duration, Instant};
 /// capture (no agent watches it), in mutations per second.
 async fn alone_rate(args: &BenchArgs) -> Result<f64> {
     let alone = BenchDb::create(args.backend, args.database_url.as_deref(), "repl_alone").await?;
-    crate::store::init_database(&alone.url, &params()).await?;
+    crate::store::init_database(&alone.url, &params(), &CaptureSpec::example()).await?;
     eprintln!("bench: writer alone, {} ops", args.ops);
     let rate = write_rate(&alone.url, args.ops, args.tx_size, args.seed).await;
     alone.drop_db().await;
     rate
+}
+
+/// The `updated_at` (ms) of an upserted row of the example schema, which
+/// the writer sets just before its commit; `None` for a delete.
+fn updated_at(catalog: &Catalog, c: &Change) -> Option<i64> {
+    let ChangeOp::Upsert(r) = &c.op else {
+        return None;
+    };
+    let (_, t) = catalog.get(&r.table)?;
+    match r.values.get(t.image_index("updated_at")?)? {
+        Cell::Int(ms) => Some(*ms),
+        _ => None,
+    }
 }
 
 fn usage(c: &LocalCluster, id: &str) -> (u64, u64) {
@@ -202,7 +216,8 @@ async fn lag_run(
     rate: u64,
     seconds: u64,
 ) -> Result<Vec<LagSample>> {
-    let store = Arc::new(AnyStore::open(passive).await?);
+    let store = Arc::new(AnyStore::open(passive, &CaptureSpec::example()).await?);
+    let catalog = store.catalog();
     let mut after = store.state().await?.position.seq;
     let stop = Arc::new(AtomicBool::new(false));
     let (m_store, m_stop) = (store.clone(), stop.clone());
@@ -216,11 +231,8 @@ async fn lag_run(
             let at_ms = started.elapsed().as_secs_f64() * 1000.0;
             for c in &read.changes {
                 after = c.pos.seq;
-                let t = match &c.op {
-                    ChangeOp::Upsert(RowImage::Job(j)) => j.updated_at,
-                    ChangeOp::Upsert(RowImage::Key(k)) => k.updated_at,
-                    ChangeOp::Upsert(RowImage::Project(p)) => p.updated_at,
-                    ChangeOp::Delete { .. } => continue,
+                let Some(t) = updated_at(&catalog, c) else {
+                    continue;
                 };
                 lags.push(LagSample {
                     at_ms,

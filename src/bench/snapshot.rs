@@ -17,6 +17,7 @@ use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec, proc_usage};
 use crate::model::MemberId;
 use crate::store::{AnyStore, InitParams, MemberStore};
+use crate::tables::CaptureSpec;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -90,6 +91,11 @@ pub async fn seed_rows(url: &DatabaseUrl, jobs: u64) -> Result<()> {
     }
 }
 
+/// Snapshot benches run on the example schema.
+fn example() -> CaptureSpec {
+    CaptureSpec::example()
+}
+
 fn mb(bytes: u64) -> f64 {
     (bytes as f64 / 1e6 * 10.0).round() / 10.0
 }
@@ -99,7 +105,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     let jobs = args.ops;
     let server = args.database_url.as_deref();
     let src = BenchDb::create(args.backend, server, "snap_src").await?;
-    crate::store::init_database(&src.url, &params()).await?;
+    crate::store::init_database(&src.url, &params(), &example()).await?;
     eprintln!(
         "bench: seeding {jobs} jobs (+ {} keys, 10 projects)",
         jobs / 10
@@ -109,7 +115,7 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
     let seed_secs = t.elapsed().as_secs_f64();
 
     // 1. The consistent read alone.
-    let store = AnyStore::open(&src.url).await?;
+    let store = AnyStore::open(&src.url, &example()).await?;
     store.sequence().await?;
     let (max_rows, max_bytes) = (1000, 1 << 20);
     let t = Instant::now();
@@ -135,9 +141,10 @@ pub async fn run(args: &BenchArgs) -> Result<Value> {
             member: MemberId::new("b"),
             ..params()
         },
+        &example(),
     )
     .await?;
-    let target = AnyStore::open(&dst.url).await?;
+    let target = AnyStore::open(&dst.url, &example()).await?;
     let t = Instant::now();
     let mut reader = store.snapshot_reader().await?;
     target.install_snapshot_begin(reader.position()).await?;
@@ -222,7 +229,7 @@ async fn join_run(
     // The source was initialised as member `a` of cluster `bench` already.
     cluster.init_all()?;
     cluster.start("a")?;
-    let probe = AnyStore::open(src).await?;
+    let probe = AnyStore::open(src, &example()).await?;
     cluster
         .wait_until(
             Duration::from_secs(600),
@@ -264,7 +271,7 @@ async fn join_run(
     let _ = sampler.join();
     joined?;
     let rows = {
-        let s = AnyStore::open(&dst.url).await?;
+        let s = AnyStore::open(&dst.url, &example()).await?;
         s.checksums().await?.iter().map(|t| t.rows).sum::<u64>()
     };
     let snapshot_line = std::fs::read_to_string(&cluster.member("b").log)

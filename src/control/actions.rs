@@ -61,9 +61,10 @@ pub enum Action {
         epoch: Epoch,
         active: MemberId,
     },
-    /// Take over the scheduled jobs of `from` (`owner_member = from` → me);
-    /// `None`: no previous active is known, take over ownerless jobs only.
-    TakeOverJobs {
+    /// Take over the rows `from` owned (`[takeover]`: the owner column of
+    /// its table set from `from`'s owner id to mine); `None`: no previous
+    /// active is known, take over ownerless rows only.
+    TakeOver {
         from: Option<MemberId>,
     },
     /// Start the shipper (this member is the active).

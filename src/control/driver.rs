@@ -202,8 +202,9 @@ pub trait RoleSink: Send + Sync + 'static {
     /// Point the applier at `active` (the database is already set to
     /// passive for `epoch`).
     fn follow(&self, epoch: Epoch, active: &MemberId) -> impl Future<Output = ()> + Send;
-    /// Take over the scheduled jobs of `from` (`None`: ownerless jobs only).
-    fn take_over_jobs(&self, from: Option<&MemberId>) -> impl Future<Output = ()> + Send;
+    /// Take over the rows `from` owned (`None`: ownerless rows only), as
+    /// `[takeover]` says; nothing without one.
+    fn take_over(&self, from: Option<&MemberId>) -> impl Future<Output = ()> + Send;
     /// Run a configured hook to its end (or timeout); whether it
     /// succeeded (true when none is configured).
     fn run_hook(&self, hook: Hook) -> impl Future<Output = bool> + Send;
@@ -661,7 +662,7 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                     .await?;
                 self.sink.follow(*epoch, active).await;
             }
-            Action::TakeOverJobs { from } => self.sink.take_over_jobs(from.as_ref()).await,
+            Action::TakeOver { from } => self.sink.take_over(from.as_ref()).await,
             Action::StartShipping => self.sink.start_shipping().await,
             Action::StopShipping => self.sink.stop_shipping().await,
             Action::RunHook(h) => {

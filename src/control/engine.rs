@@ -96,7 +96,7 @@ struct Leadership {
     shipping: bool,
     commit: Position,
     switchover: Option<Switchover>,
-    /// Jobs still to take over once the fence is first lifted.
+    /// Rows still to take over once the fence is first lifted.
     pending_takeover: Option<Option<MemberId>>,
     /// Which of the heads sent in heartbeats a majority has heard of.
     announced: Announced,
@@ -693,7 +693,7 @@ impl Engine {
             l.db_unfenced = true;
             out.push(Action::Unfence { epoch });
             if let Some(from) = l.pending_takeover.take() {
-                out.push(Action::TakeOverJobs { from });
+                out.push(Action::TakeOver { from });
             }
             if !hook_gate {
                 out.push(Action::RunHook(Hook::OnPromote));
@@ -1509,7 +1509,7 @@ impl Engine {
         let until = now.saturating_add(self.cfg.lease_timeout);
         out.push(Action::RenewLease { until });
         out.push(Action::Unfence { epoch });
-        out.push(Action::TakeOverJobs {
+        out.push(Action::TakeOver {
             from: previous.clone(),
         });
         out.push(Action::RunHook(Hook::OnPromote));

@@ -176,6 +176,7 @@ async fn dial_once(
             epoch: s.epoch,
             position: s.position,
             want_snapshot: false,
+            schema: None,
         }
     };
     run_dialled(peer, hello, reader, writer, queue, shutdown).await
@@ -330,6 +331,7 @@ pub fn welcome_hello(cluster: &str, status: &Status) -> Hello {
         epoch: status.epoch,
         position: status.position,
         want_snapshot: false,
+        schema: None,
     }
 }
 
@@ -359,6 +361,7 @@ mod tests {
             epoch: Epoch(1),
             position: Position::new(1, 3),
             want_snapshot: false,
+            schema: None,
         }
     }
 

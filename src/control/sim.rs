@@ -739,7 +739,7 @@ impl Sim {
                     n.persisted.epoch = epoch;
                     n.persisted.active = Some(active);
                 }
-                Action::TakeOverJobs { .. }
+                Action::TakeOver { .. }
                 | Action::StartShipping
                 | Action::StopShipping
                 | Action::RunHook(_)

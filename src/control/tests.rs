@@ -299,7 +299,7 @@ fn heartbeat_timeout_leads_to_candidacy_votes_and_ordered_promotion() {
                 },
                 Action::RenewLease { until: 615 + LEASE },
                 Action::Unfence { epoch: Epoch(2) },
-                Action::TakeOverJobs { from: Some(m("a")) },
+                Action::TakeOver { from: Some(m("a")) },
                 Action::RunHook(Hook::OnPromote),
                 Action::StartShipping,
             ],
@@ -952,7 +952,7 @@ fn a_lagging_passive_does_not_stand_but_force_promote_works() {
                     until: 5001 + LEASE
                 },
                 Action::Unfence { epoch: Epoch(2) },
-                Action::TakeOverJobs { from: Some(m("a")) },
+                Action::TakeOver { from: Some(m("a")) },
                 Action::RunHook(Hook::OnPromote),
                 Action::StartShipping,
             ],
@@ -1491,7 +1491,7 @@ fn a_blocking_on_promote_that_succeeds_lifts_the_fence() {
         b.step(700, Event::PromoteHookDone { ok: true }),
         vec![
             Action::Unfence { epoch: Epoch(2) },
-            Action::TakeOverJobs { from: Some(m("a")) },
+            Action::TakeOver { from: Some(m("a")) },
             Action::StartShipping,
         ],
         "the hook already ran: it is not run a second time"

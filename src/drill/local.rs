@@ -17,9 +17,10 @@ use super::traffic::{Monitor, Snapshot, Watched, Writer};
 use super::{Backend, DrillArgs, DrillError, Scenario, expand, io_err, progress};
 use crate::config::DatabaseUrl;
 use crate::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
-use crate::model::{ChangeOp, RowImage};
+use crate::model::ChangeOp;
 use crate::status::client::Endpoint;
 use crate::store::{AnyStore, MemberStore};
+use crate::tables::{CaptureSpec, Value};
 use crate::workload::{AppConn, Workload};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -651,7 +652,7 @@ impl Drill {
         // Checksums.
         let mut sums = BTreeMap::new();
         for (m, url) in &self.urls {
-            let s = AnyStore::open(url)
+            let s = AnyStore::open(url, &CaptureSpec::example())
                 .await
                 .map_err(|e| format!("opening {m}'s database: {e}"))?;
             sums.insert(
@@ -773,7 +774,7 @@ impl Drill {
     async fn quarantine(&self) -> Result<HashMap<String, (u64, HashSet<String>)>, String> {
         let mut out = HashMap::new();
         for (m, url) in &self.urls {
-            let s = AnyStore::open(url)
+            let s = AnyStore::open(url, &CaptureSpec::example())
                 .await
                 .map_err(|e| format!("opening {m}'s database: {e}"))?;
             let list = s
@@ -783,9 +784,13 @@ impl Drill {
             let names = list
                 .iter()
                 .filter_map(|d| match &d.change.op {
-                    ChangeOp::Upsert(RowImage::Project(p)) if p.name.starts_with("drill-") => {
-                        Some(p.name.clone())
-                    }
+                    // A project's key is its name.
+                    ChangeOp::Upsert(p) if p.table.as_str() == "projects" => p
+                        .key()
+                        .first()
+                        .and_then(Value::as_text)
+                        .filter(|name| name.starts_with("drill-"))
+                        .map(str::to_string),
                     _ => None,
                 })
                 .collect();

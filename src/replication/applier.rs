@@ -13,7 +13,7 @@ use crate::replication::snapshot::Installer;
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::{AnyStore, MemberStore};
 use crate::transport::{Retry, TlsContext};
-use crate::wire::{ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, ServerMsg};
+use crate::wire::{ClientMsg, Heartbeat, Hello, PROTOCOL_VERSION, SchemaDesc, ServerMsg};
 use crate::wire::{FrameReader, FrameWriter};
 use crate::workload::now_ms;
 use std::sync::Arc;
@@ -61,6 +61,12 @@ pub async fn follow(
         }
         match result {
             Ok(()) => retry.reset(),
+            Err(ReplicationError::Store(crate::store::StoreError::Shape(why))) => {
+                // A change that does not fit this member's tables: keep
+                // what was received (the apply rolled back whole) and
+                // show why, until a handshake finds the schemas equal.
+                node.live.apply_blocked(Some(why));
+            }
             Err(e) => tracing::warn!(error = %e, "replication stream from the active ended"),
         }
         node.live.update(|s| {
@@ -73,6 +79,19 @@ pub async fn follow(
             _ = tokio::time::sleep(retry.next_delay()) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// The active's captured tables differ from this member's: nothing is
+/// applied until they match (the reconnects with backoff find out when).
+fn schema_differs(node: &NodeCtx, active: &MemberId, difference: String) -> ReplicationError {
+    let reason = format!(
+        "the captured tables differ from the active {active}'s: {difference}; nothing is applied until they match (make the tables the same on every member, then run `understudy init`)"
+    );
+    node.live.apply_blocked(Some(reason.clone()));
+    ReplicationError::Refused {
+        member: active.clone(),
+        reason,
     }
 }
 
@@ -116,6 +135,7 @@ async fn session(
                 || node
                     .needs_snapshot
                     .load(std::sync::atomic::Ordering::SeqCst),
+            schema: store.map(|s| SchemaDesc::of(&s.catalog())),
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
@@ -125,8 +145,19 @@ async fn session(
             ));
         }
         Ok(Ok(Some(ServerMsg::Welcome(h)))) => {
+            // Both sides compare: an active that did not (another build)
+            // must not make this member apply rows of another shape.
+            if let (Some(s), Some(theirs)) = (store, &h.schema)
+                && let Some(d) = theirs.difference_from(&s.catalog())
+            {
+                return Err(schema_differs(node, active, d));
+            }
+            node.live.apply_blocked(None);
             node.live.heard_active(h.position, Instant::now());
             node.live.peer_connected(active, h.role, h.position, true);
+        }
+        Ok(Ok(Some(ServerMsg::SchemaDiffers { difference }))) => {
+            return Err(schema_differs(node, active, difference));
         }
         Ok(Ok(Some(ServerMsg::Refuse { reason }))) => {
             return Err(ReplicationError::Refused {
@@ -270,7 +301,7 @@ async fn session(
                     ServerMsg::Refuse { reason } => {
                         break Err(ReplicationError::Refused { member: active.clone(), reason });
                     }
-                    ServerMsg::Welcome(_) | ServerMsg::Rejoin { .. } => {
+                    ServerMsg::Welcome(_) | ServerMsg::Rejoin { .. } | ServerMsg::SchemaDiffers { .. } => {
                         break Err(ReplicationError::Peer("a handshake message in the stream".into()))
                     }
                     ServerMsg::History(h) => {

@@ -67,6 +67,13 @@ pub struct LiveInner {
     /// only before it, so a stalled agent whose status went stale stops
     /// drawing traffic when its database stops taking writes.
     pub lease_until: Option<Instant>,
+    /// The fingerprint of the captured tables as this member's database
+    /// describes them (empty on a witness).
+    pub schema_fingerprint: String,
+    /// Why this member does not apply the active's changes, if it does not:
+    /// its captured tables differ from the active's, or a change did not
+    /// fit them. Cleared by the next handshake that finds them equal.
+    pub apply_blocked: Option<String>,
 }
 
 /// Shared, cheap to clone behind an `Arc`.
@@ -128,6 +135,30 @@ pub struct StatusDoc {
     /// The last run of each configured hook (a failing or hanging one shows
     /// here with its exit code and output tail).
     pub hooks: Vec<crate::hooks::HookOutcome>,
+    /// The captured tables' schema.
+    pub schema: SchemaDoc,
+    /// Whether this member applies the active's changes.
+    pub apply: ApplyDoc,
+}
+
+/// `schema` in `/status`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SchemaDoc {
+    /// How many schema changes have gone through the change log on this
+    /// member (0 until one does).
+    pub version: u64,
+    /// The captured tables' fingerprint (`understudy tables` shows what it
+    /// covers); equal on members that can replicate to each other.
+    pub fingerprint: String,
+}
+
+/// `apply` in `/status`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ApplyDoc {
+    /// `ok` or `blocked`.
+    pub state: &'static str,
+    /// Why it is blocked, naming the table and column.
+    pub reason: Option<String>,
 }
 
 /// The promotion controller's part of `/status`: above all, why this member
@@ -322,6 +353,23 @@ impl Live {
         r
     }
 
+    /// Applying the active's changes is blocked (`Some(reason)`) or runs
+    /// (`None`); a change of state is logged once, with the reason.
+    pub fn apply_blocked(&self, reason: Option<String>) {
+        let changed = self.update(|s| {
+            let changed = s.apply_blocked != reason;
+            s.apply_blocked = reason.clone();
+            changed
+        });
+        match (changed, reason) {
+            (true, Some(r)) => {
+                tracing::error!(reason = %r, "applying the active's changes is blocked")
+            }
+            (true, None) => tracing::info!("applying the active's changes again"),
+            _ => {}
+        }
+    }
+
     pub fn database(&self, ok: Result<(), String>) {
         self.update(|s| match ok {
             Ok(()) => {
@@ -406,6 +454,18 @@ impl Live {
                 paused: s.controller.as_ref().is_some_and(|c| c.paused),
                 failover: s.controller.as_ref().map(FailoverDoc::of),
                 hooks: s.hooks.clone(),
+                schema: SchemaDoc {
+                    version: 0,
+                    fingerprint: s.schema_fingerprint.clone(),
+                },
+                apply: ApplyDoc {
+                    state: if s.apply_blocked.is_some() {
+                        "blocked"
+                    } else {
+                        "ok"
+                    },
+                    reason: s.apply_blocked.clone(),
+                },
             }
         })
     }
@@ -447,6 +507,8 @@ mod tests {
             controller: None,
             hooks: Vec::new(),
             lease_until: None,
+            schema_fingerprint: String::new(),
+            apply_blocked: None,
         })
     }
 

@@ -157,7 +157,7 @@ impl Marks {
             l.generation += 1;
         });
         drop(turn);
-        let (pos, sums) = checksums_of(reader)
+        let (pos, sums) = checksums_of(reader, &store.catalog())
             .await
             .map_err(|e| MarkError::Database(e.to_string()))?;
         Ok((pos, sums))
@@ -180,8 +180,9 @@ impl Marks {
         }
         self.put(at, Pinned::Pending);
         let me = self.clone();
+        let catalog = store.catalog();
         tokio::spawn(async move {
-            let r = checksums_of(reader)
+            let r = checksums_of(reader, &catalog)
                 .await
                 .map(|(_, s)| s)
                 .map_err(|e| e.to_string());

@@ -14,7 +14,9 @@ use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::AnyStore;
 use crate::store::MemberStore;
 use crate::transport::TlsContext;
-use crate::wire::{ClientMsg, EpochEntry, HISTORY_MAX, Hello, PROTOCOL_VERSION, ServerMsg};
+use crate::wire::{
+    ClientMsg, EpochEntry, HISTORY_MAX, Hello, PROTOCOL_VERSION, SchemaDesc, ServerMsg,
+};
 use crate::wire::{FrameReader, FrameWriter};
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +139,18 @@ async fn handle(
         )
         .await;
     };
+    if let Some(theirs) = &hello.schema
+        && let Some(here) = theirs.difference_from(&store.catalog())
+    {
+        tracing::warn!(peer = %peer, difference = %here, "refusing a member whose captured tables differ");
+        let difference = theirs
+            .difference_for_sender(&store.catalog())
+            .unwrap_or(here);
+        writer
+            .send(&ServerMsg::SchemaDiffers { difference })
+            .await?;
+        return Ok(());
+    }
     let mut snapshot = None;
     if hello.role != Role::Witness {
         match check_start(&store, hello.position, hello.want_snapshot).await? {
@@ -160,6 +174,7 @@ async fn handle(
         epoch: node.epoch(),
         position: *head_rx.borrow(),
         want_snapshot: false,
+        schema: Some(SchemaDesc::of(&store.catalog())),
     };
     writer.send(&ServerMsg::Welcome(me)).await?;
     let history = store.epoch_history().await?;

@@ -277,6 +277,7 @@ pub async fn pull(
             epoch: st.epoch,
             position: st.position,
             want_snapshot: true,
+            schema: Some(crate::wire::SchemaDesc::of(&store.catalog())),
         }))
         .await?;
     let result = receive(store, &active, &mut reader, &mut on_progress).await;
@@ -303,7 +304,9 @@ async fn receive<R: AsyncRead + Unpin>(
                     "the active closed the stream".into(),
                 ));
             }
-            Some(ServerMsg::Refuse { reason }) | Some(ServerMsg::Rejoin { reason, .. }) => {
+            Some(ServerMsg::Refuse { reason })
+            | Some(ServerMsg::Rejoin { reason, .. })
+            | Some(ServerMsg::SchemaDiffers { difference: reason }) => {
                 return Err(ReplicationError::Refused {
                     member: active.clone(),
                     reason,
@@ -368,17 +371,15 @@ mod tests {
             controller: None,
             hooks: Vec::new(),
             lease_until: None,
+            schema_fingerprint: String::new(),
+            apply_blocked: None,
         })
     }
 
     fn progress(sending: bool) -> SnapshotProgress {
         let mut p = SnapshotProgress::new(MemberId::new("b"), sending, Position::new(1, 7), 3);
-        p.add(&[RowImage::Project(crate::model::ProjectRow {
-            name: "p".into(),
-            description: None,
-            config: None,
-            updated_at: 1,
-        })]);
+        let cat = crate::store::conformance::example_catalog();
+        p.add(&[crate::store::conformance::project(&cat, "p", None, None, 1)]);
         p
     }
 

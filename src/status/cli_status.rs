@@ -30,6 +30,10 @@ pub struct MemberRow {
     pub status_url: Option<String>,
     pub reachable: bool,
     pub error: Option<String>,
+    /// The captured tables' fingerprint (`schema.fingerprint`).
+    pub schema: Option<String>,
+    /// `blocked` with its reason, when applying is blocked.
+    pub apply_blocked: Option<String>,
 }
 
 /// The whole view.
@@ -76,7 +80,14 @@ fn row_from(doc: &Value, url: String) -> MemberRow {
         status_url: Some(url),
         reachable: true,
         error: None,
+        schema: s_at(doc, "schema", "fingerprint").filter(|f| !f.is_empty()),
+        apply_blocked: (doc["apply"]["state"].as_str() == Some("blocked"))
+            .then(|| s_at(doc, "apply", "reason").unwrap_or_default()),
     }
+}
+
+fn s_at(doc: &Value, a: &str, b: &str) -> Option<String> {
+    doc[a][b].as_str().map(str::to_string)
 }
 
 /// Fetch the member at `ep`, then its peers. Fails only when `ep` itself
@@ -126,6 +137,8 @@ pub async fn gather(ep: &Endpoint, timeout: Duration) -> Result<ClusterView, Htt
                 status_url: url,
                 reachable: false,
                 error: Some(e),
+                schema: None,
+                apply_blocked: None,
             },
         });
     }
@@ -189,8 +202,10 @@ pub fn table(v: &ClusterView) -> String {
         "LAG MS",
         "LAST HEARTBEAT",
         "CONNECTED",
+        "SCHEMA",
+        "APPLY",
     ];
-    let rows: Vec<[String; 8]> = v
+    let rows: Vec<[String; 10]> = v
         .members
         .iter()
         .map(|m| {
@@ -216,6 +231,12 @@ pub fn table(v: &ClusterView) -> String {
                     Some(true) => "yes".into(),
                     Some(false) => "no".into(),
                     None => "-".into(),
+                },
+                m.schema.clone().unwrap_or_else(|| "-".into()),
+                match (&m.apply_blocked, m.reachable) {
+                    (Some(_), _) => "blocked".into(),
+                    (None, true) if m.role != "witness" => "ok".into(),
+                    _ => "-".into(),
                 },
             ]
         })
@@ -248,6 +269,11 @@ pub fn table(v: &ClusterView) -> String {
     for r in &rows {
         line(&mut out, r);
     }
+    for m in &v.members {
+        if let Some(why) = &m.apply_blocked {
+            let _ = writeln!(out, "{}: apply blocked: {why}", m.member);
+        }
+    }
     for m in v.members.iter().filter(|m| !m.reachable) {
         let _ = writeln!(
             out,
@@ -278,6 +304,8 @@ mod tests {
             "cluster": "prod", "member": "b", "role": "passive", "epoch": 2,
             "active": "a", "position": {"epoch": 2, "seq": 38},
             "lag": {"changes": 2, "ms": 12}, "last_heartbeat_ms": 150,
+            "schema": {"version": 0, "fingerprint": "0f1e2d3c4b5a6978"},
+            "apply": {"state": "blocked", "reason": "column jobs.x is missing here"},
             "peers": [{"member": "a", "connected": true, "witness": false}]
         });
         let mut members = vec![
@@ -296,6 +324,8 @@ mod tests {
             status_url: Some("http://h:3".into()),
             reachable: false,
             error: Some("cannot connect to h:3: refused".into()),
+            schema: None,
+            apply_blocked: None,
         });
         ClusterView {
             cluster: "prod".into(),
@@ -321,11 +351,16 @@ mod tests {
             "{t}"
         );
         assert!(
-            lines[3].contains("150 ms") && lines[3].ends_with("yes"),
+            lines[3].contains("150 ms") && lines[3].contains(" yes "),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("0f1e2d3c4b5a6978") && lines[3].ends_with("blocked"),
             "{t}"
         );
         assert!(lines[4].contains("unreachable"), "{t}");
-        assert_eq!(lines[5], "w: cannot connect to h:3: refused");
+        assert_eq!(lines[5], "b: apply blocked: column jobs.x is missing here");
+        assert_eq!(lines[6], "w: cannot connect to h:3: refused");
     }
 
     #[test]

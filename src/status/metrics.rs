@@ -369,6 +369,16 @@ pub fn render(doc: &StatusDoc, m: &Metrics) -> String {
         doc.divergent_changes as f64,
     );
     w.single(
+        "understudy_apply_blocked",
+        "gauge",
+        "1 while applying the active's changes is blocked (apply.reason in /status says why).",
+        if doc.apply.state == "blocked" {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    w.single(
         "understudy_uptime_seconds",
         "gauge",
         "Time since the agent started.",
@@ -619,6 +629,8 @@ mod tests {
             controller: None,
             hooks: Vec::new(),
             lease_until: None,
+            schema_fingerprint: String::new(),
+            apply_blocked: None,
         })
         .status(Instant::now())
     }

@@ -37,71 +37,33 @@ impl TableHasher {
     }
 }
 
-fn field(h: &mut Sha256, v: Option<&[u8]>) {
-    match v {
-        None => h.update([0u8]),
-        Some(b) => {
-            h.update([1u8]);
-            h.update((b.len() as u64).to_le_bytes());
-            h.update(b);
-        }
-    }
-}
-
-fn s(v: &str) -> Option<&[u8]> {
-    Some(v.as_bytes())
-}
-
-fn os(v: &Option<String>) -> Option<&[u8]> {
-    v.as_deref().map(str::as_bytes)
-}
-
+/// The row's table, key width and every value, each tagged and
+/// length-prefixed (see [`crate::tables::Value::hash_into`]).
 fn encode(row: &RowImage, h: &mut Sha256) {
-    match row {
-        RowImage::Project(p) => {
-            h.update(b"P");
-            field(h, s(&p.name));
-            field(h, os(&p.description));
-            field(h, os(&p.config));
-            field(h, Some(&p.updated_at.to_le_bytes()));
-        }
-        RowImage::Job(j) => {
-            h.update(b"J");
-            field(h, s(&j.id));
-            field(h, s(&j.project));
-            field(h, s(&j.name));
-            field(h, os(&j.group_path));
-            field(h, os(&j.description));
-            field(h, os(&j.definition));
-            field(h, os(&j.schedule));
-            field(h, Some(&[j.schedule_enabled as u8]));
-            field(h, Some(&[j.execution_enabled as u8]));
-            field(h, os(&j.owner_member));
-            field(h, Some(&j.updated_at.to_le_bytes()));
-        }
-        RowImage::Key(k) => {
-            h.update(b"K");
-            field(h, s(&k.path));
-            field(h, s(&k.kind));
-            field(h, Some(k.content.expose()));
-            field(h, os(&k.meta));
-            field(h, Some(&k.updated_at.to_le_bytes()));
-        }
+    h.update((row.table.as_str().len() as u64).to_le_bytes());
+    h.update(row.table.as_str().as_bytes());
+    h.update(row.key_len.to_le_bytes());
+    for v in &row.values {
+        v.hash_into(&mut |b| h.update(b));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ProjectRow;
+    use crate::tables::{TableName, Value};
 
     fn p(name: &str, d: Option<&str>) -> RowImage {
-        RowImage::Project(ProjectRow {
-            name: name.into(),
-            description: d.map(Into::into),
-            config: None,
-            updated_at: 1,
-        })
+        RowImage::new(
+            TableName::new("projects"),
+            1,
+            vec![
+                Value::Text(name.into()),
+                d.map_or(Value::Null, |d| Value::Text(d.into())),
+                Value::Null,
+                Value::Int(1),
+            ],
+        )
     }
 
     #[test]

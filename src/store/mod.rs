@@ -14,7 +14,9 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::config::DatabaseUrl;
-use crate::model::{Change, Entity, Epoch, MemberId, Position, Role, RowImage};
+use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage};
+use crate::tables::{CaptureSpec, Catalog, CatalogError, TableName};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors of the member database layer.
@@ -32,6 +34,17 @@ pub enum StoreError {
         table: String,
         detail: String,
     },
+    /// The captured tables cannot be captured as they are (named, with what
+    /// to do).
+    #[error("database {url}: {source}")]
+    Catalog {
+        url: String,
+        #[source]
+        source: CatalogError,
+    },
+    /// A change names a table or a row shape this member does not capture.
+    #[error("{0}")]
+    Shape(String),
     /// The database holds something the agent cannot decode.
     #[error("database holds a value the agent cannot read: {0}")]
     Corrupt(String),
@@ -219,8 +232,17 @@ pub trait MemberStore: Send + Sync {
     async fn set_paused(&self, paused: bool) -> StoreResult<()>;
     async fn record_epoch(&self, rec: &EpochRecord) -> StoreResult<()>;
     async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>>;
-    /// Per-table checksums of projects, jobs and keys.
-    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>>;
+    /// The captured tables as this database describes them (read at open
+    /// and at init).
+    fn catalog(&self) -> Arc<Catalog>;
+    /// Per-table checksums of the captured tables, from one consistent read
+    /// (see [`checksums_at_position`]).
+    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>>
+    where
+        Self: Sized,
+    {
+        Ok(checksums_at_position(self).await?.1)
+    }
     /// Wait until a commit may have happened since the last call, or until
     /// `timeout` (the safety-net poll). Returns true when woken by a hint.
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool>;
@@ -272,12 +294,26 @@ pub trait MemberStore: Send + Sync {
     async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64>;
     /// How many quarantined changes are unresolved (shown in status).
     async fn divergent_count(&self) -> StoreResult<u64>;
-    /// Give the jobs owned by `from` (`None`: jobs without an owner) to `to`,
-    /// bumping their `updated_at`. An ordinary application write: fenced
+    /// Give the rows of `table` whose `owner_column` is `from` (`None`: rows
+    /// without an owner) to `to`. An ordinary application write: fenced
     /// like any other (it succeeds only on an active with a valid lease, and
     /// fails with the fence's message elsewhere), captured into the change
-    /// log and replicated. Returns how many jobs changed owner.
-    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64>;
+    /// log and replicated. Returns how many rows changed owner.
+    async fn take_over(
+        &self,
+        table: &TableName,
+        owner_column: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> StoreResult<u64>;
+    /// Move every id generator of the captured tables (PostgreSQL
+    /// sequences behind `bigserial`, identity columns and `DEFAULT
+    /// nextval(...)`) past the largest value its column holds, so the
+    /// application's next insert with a default id does not collide with a
+    /// replicated row. Called by a new active before it lifts its fence.
+    /// SQLite moves rowids and `AUTOINCREMENT` counters by itself: a no-op
+    /// there. Returns how many generators moved.
+    async fn advance_id_generators(&self) -> StoreResult<u64>;
     /// Insert the epoch-history records whose epoch this member does not
     /// hold yet; existing epochs are left as they are. Allowed in every role
     /// (epoch history is agent state, not fenced). As with `record_epoch`,
@@ -287,9 +323,10 @@ pub trait MemberStore: Send + Sync {
     async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64>;
 }
 
-/// A consistent, chunked read of the application tables (see
-/// [`MemberStore::snapshot_reader`]): projects first, then jobs, then keys, so
-/// an installer never meets a job before its project.
+/// A consistent, chunked read of the captured tables (see
+/// [`MemberStore::snapshot_reader`]), table by table in the catalog's
+/// parents-first order, so an installer never meets a row before the row
+/// it references.
 pub enum SnapshotReader {
     Sqlite(sqlite::SqliteSnapshot),
     Postgres(postgres::PgSnapshot),
@@ -304,7 +341,7 @@ impl SnapshotReader {
         }
     }
 
-    /// Rows in the three tables as of the snapshot.
+    /// Rows in the captured tables as of the snapshot.
     pub fn rows_total(&self) -> u64 {
         match self {
             SnapshotReader::Sqlite(s) => s.rows_total(),
@@ -333,33 +370,34 @@ pub async fn checksums_at_position<S: MemberStore>(
     store: &S,
 ) -> StoreResult<(Position, Vec<TableChecksum>)> {
     let reader = store.snapshot_reader().await?;
-    checksums_of(reader).await
+    checksums_of(reader, &store.catalog()).await
 }
 
-/// Hash every row a snapshot reader yields; see [`checksums_at_position`].
+/// Hash every row a snapshot reader yields, one checksum per table of
+/// `catalog` (in its order); see [`checksums_at_position`].
 pub async fn checksums_of(
     mut reader: SnapshotReader,
+    catalog: &Catalog,
 ) -> StoreResult<(Position, Vec<TableChecksum>)> {
-    let mut hashers: [checksum::TableHasher; 3] = Default::default();
+    let mut hashers = vec![checksum::TableHasher::default(); catalog.tables().len()];
     loop {
         let rows = reader.next_chunk(5000, 8 << 20).await?;
         if rows.is_empty() {
             break;
         }
         for r in &rows {
-            let i = match r.entity() {
-                Entity::Project => 0,
-                Entity::Job => 1,
-                Entity::Key => 2,
-            };
-            hashers[i].add(r);
+            let (id, _) = catalog.get(&r.table).ok_or_else(|| {
+                StoreError::Shape(format!("snapshot row of uncaptured table {}", r.table))
+            })?;
+            hashers[id.0].add(r);
         }
     }
-    let sums = Entity::ALL
+    let sums = catalog
+        .tables()
         .iter()
         .zip(hashers.iter())
-        .map(|(e, h)| TableChecksum {
-            table: e.table().to_string(),
+        .map(|(t, h)| TableChecksum {
+            table: t.name.to_string(),
             rows: h.rows(),
             digest: h.digest(),
         })
@@ -370,15 +408,21 @@ pub async fn checksums_of(
 /// One of the backends, chosen from the config's database URL.
 pub enum AnyStore {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    /// Boxed: the PostgreSQL store is much larger than the SQLite one.
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl AnyStore {
-    /// Connect (without creating or changing anything).
-    pub async fn open(url: &DatabaseUrl) -> StoreResult<AnyStore> {
+    /// Connect (without creating or changing anything) and read the
+    /// captured tables' description from the database's catalog.
+    pub async fn open(url: &DatabaseUrl, capture: &CaptureSpec) -> StoreResult<AnyStore> {
         Ok(match url {
-            DatabaseUrl::Sqlite(path) => AnyStore::Sqlite(sqlite::SqliteStore::open(path).await?),
-            DatabaseUrl::Postgres(u) => AnyStore::Postgres(postgres::PgStore::connect(u).await?),
+            DatabaseUrl::Sqlite(path) => {
+                AnyStore::Sqlite(sqlite::SqliteStore::open(path, capture).await?)
+            }
+            DatabaseUrl::Postgres(u) => {
+                AnyStore::Postgres(Box::new(postgres::PgStore::connect(u, capture).await?))
+            }
         })
     }
 
@@ -442,8 +486,8 @@ impl MemberStore for AnyStore {
     async fn epoch_history(&self) -> StoreResult<Vec<EpochRecord>> {
         delegate!(self, s => s.epoch_history().await)
     }
-    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
-        delegate!(self, s => s.checksums().await)
+    fn catalog(&self) -> Arc<Catalog> {
+        delegate!(self, s => s.catalog())
     }
     async fn wait_for_commit(&self, t: Duration) -> StoreResult<bool> {
         delegate!(self, s => s.wait_for_commit(t).await)
@@ -478,8 +522,17 @@ impl MemberStore for AnyStore {
     async fn divergent_count(&self) -> StoreResult<u64> {
         delegate!(self, s => s.divergent_count().await)
     }
-    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
-        delegate!(self, s => s.take_over_jobs(from, to).await)
+    async fn take_over(
+        &self,
+        table: &TableName,
+        column: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> StoreResult<u64> {
+        delegate!(self, s => s.take_over(table, column, from, to).await)
+    }
+    async fn advance_id_generators(&self) -> StoreResult<u64> {
+        delegate!(self, s => s.advance_id_generators().await)
     }
     async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {
         delegate!(self, s => s.merge_epoch_history(recs).await)
@@ -487,9 +540,23 @@ impl MemberStore for AnyStore {
 }
 
 /// Create the database if needed (SQLite file and folders) and run `init`.
-pub async fn init_database(url: &DatabaseUrl, params: &InitParams) -> StoreResult<InitReport> {
+pub async fn init_database(
+    url: &DatabaseUrl,
+    params: &InitParams,
+    capture: &CaptureSpec,
+) -> StoreResult<InitReport> {
     match url {
-        DatabaseUrl::Sqlite(path) => sqlite::SqliteStore::create(path).await?.init(params).await,
-        DatabaseUrl::Postgres(u) => postgres::PgStore::connect(u).await?.init(params).await,
+        DatabaseUrl::Sqlite(path) => {
+            sqlite::SqliteStore::create(path, capture)
+                .await?
+                .init(params)
+                .await
+        }
+        DatabaseUrl::Postgres(u) => {
+            postgres::PgStore::connect(u, capture)
+                .await?
+                .init(params)
+                .await
+        }
     }
 }

@@ -91,6 +91,12 @@ impl Catalog {
                     table: t.name.to_string(),
                 });
             }
+            if t.name.parts().1.starts_with("us_") {
+                return Err(CatalogError::Other {
+                    table: t.name.to_string(),
+                    reason: "tables named us_* are understudy's own and cannot be captured; remove it from [capture] tables".into(),
+                });
+            }
             if t.key.is_empty() {
                 return Err(CatalogError::NoPrimaryKey {
                     table: t.name.to_string(),
@@ -121,6 +127,15 @@ impl Catalog {
             tables,
             fingerprint,
         })
+    }
+
+    /// No tables: what a store holds before `init` has created or found
+    /// any (every row path then refuses by table name).
+    pub fn empty() -> Catalog {
+        Catalog {
+            tables: Vec::new(),
+            fingerprint: fingerprint_of(&[]),
+        }
     }
 
     pub fn tables(&self) -> &[TableDesc] {
@@ -154,6 +169,18 @@ impl Catalog {
     /// table and column, or `None` when they describe the same schema.
     pub fn first_difference(&self, other: &Catalog) -> Option<String> {
         first_difference(&self.tables, &other.tables)
+    }
+
+    /// Like [`Catalog::first_difference`], against another member's table
+    /// descriptions as its hello carried them.
+    pub fn first_difference_from(&self, other: &[TableDesc]) -> Option<String> {
+        first_difference(&self.tables, other)
+    }
+
+    /// The same difference, worded for the member that holds `other`
+    /// ("here" is that member).
+    pub fn first_difference_seen_from(&self, other: &[TableDesc]) -> Option<String> {
+        first_difference(other, &self.tables)
     }
 
     /// Tables whose rows a delete of `parent` may cascade to (directly).
@@ -333,6 +360,7 @@ mod tests {
         ColumnDesc {
             name: name.into(),
             ty,
+            declared: ty.as_str().into(),
             nullable: true,
             secret: false,
             ids: None,
@@ -412,6 +440,18 @@ mod tests {
         );
         let s = Catalog::build(vec![table("a", None)], &["a.v".into()]).unwrap();
         assert_ne!(a.fingerprint(), s.fingerprint());
+        // Worded for either side: "here" is the member reading it.
+        let mut wide = table("a", None);
+        wide.columns.push(col("extra", PortableType::Int));
+        let w = Catalog::build(vec![wide], &[]).unwrap();
+        assert_eq!(
+            a.first_difference_from(w.tables()).unwrap(),
+            "column a.extra is missing here"
+        );
+        assert_eq!(
+            a.first_difference_seen_from(w.tables()).unwrap(),
+            "column a.extra is missing there"
+        );
     }
 
     #[test]

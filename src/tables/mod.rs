@@ -10,6 +10,7 @@
 //! here), or print a value (a [`Value`]'s `Debug` shows its kind and length,
 //! never its content: any column may be secret).
 
+pub mod canonical;
 mod catalog;
 mod example;
 mod types;
@@ -51,6 +52,37 @@ impl fmt::Display for TableName {
     }
 }
 
+/// What to capture, as the config says it: `[capture] tables` and
+/// `secret_columns`, or the example schema when `[capture]` is absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureSpec {
+    /// Table names as written in the config (`schema.table` allowed on
+    /// PostgreSQL; `public.` is dropped).
+    pub tables: Vec<String>,
+    /// `table.column` names.
+    pub secret_columns: Vec<String>,
+    /// The example schema: `init` creates its tables.
+    pub example: bool,
+}
+
+impl CaptureSpec {
+    /// No `[capture]` in the config: the example schema.
+    pub fn example() -> CaptureSpec {
+        let (tables, secret_columns) = example_capture();
+        CaptureSpec {
+            tables,
+            secret_columns,
+            example: true,
+        }
+    }
+}
+
+impl Default for CaptureSpec {
+    fn default() -> Self {
+        CaptureSpec::example()
+    }
+}
+
 /// Where a column's value comes from when the application leaves it out and
 /// which counter must move past replicated values before a new active takes
 /// writes.
@@ -69,6 +101,10 @@ pub enum IdSource {
 pub struct ColumnDesc {
     pub name: String,
     pub ty: PortableType,
+    /// The type as the database declares it (`VARCHAR(64)`, `jsonb`,
+    /// `timestamp with time zone`): shown to operators and used to cast
+    /// values on write. Not part of the fingerprint.
+    pub declared: String,
     pub nullable: bool,
     /// Listed in `[capture] secret_columns`: never printed anywhere.
     pub secret: bool,

@@ -71,6 +71,7 @@ fn hello(member: &str, cluster: &str, protocol: u16) -> Hello {
         epoch: Epoch(1),
         position: Position::new(1, 7),
         want_snapshot: false,
+        schema: None,
     }
 }
 

@@ -3,14 +3,18 @@
 //! Owns: what members say to each other, and the handshake check (protocol
 //! version, cluster name, member name against the TLS certificate).
 //! Must never: carry anything but plain data (no behaviour beyond checks), or
-//! print key content (`Change` holds `Secret`s, whose `Debug` redacts).
+//! print a column value (a [`crate::tables::Value`]'s `Debug` shows only its
+//! kind and length: any column may be secret).
 
 use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage};
+use crate::tables::{Catalog, TableDesc};
 use serde::{Deserialize, Serialize};
 
 /// Bumped on any change to the messages' encoding; peers with another
 /// version are refused in the handshake.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: row images of any captured table (table name, key width, portable
+/// values) instead of the fixed projects/jobs/keys rows.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The first message each way: who is speaking and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +30,52 @@ pub struct Hello {
     /// A passive asks for a snapshot whatever its position (an operator's
     /// `understudy resnapshot`); always false from the active.
     pub want_snapshot: bool,
+    /// The captured tables as the sender's database describes them (`None`
+    /// from a witness and on control streams): a passive and an active
+    /// whose tables differ refuse each other, naming the difference.
+    pub schema: Option<SchemaDesc>,
+}
+
+/// A member's captured tables, as sent in its hello: the fingerprint to
+/// compare, and the description to name what differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaDesc {
+    pub fingerprint: String,
+    pub tables: Vec<TableDesc>,
+}
+
+impl SchemaDesc {
+    pub fn of(catalog: &Catalog) -> SchemaDesc {
+        SchemaDesc {
+            fingerprint: catalog.fingerprint().to_string(),
+            tables: catalog.tables().to_vec(),
+        }
+    }
+
+    /// What differs between `mine` (here) and this description (there), or
+    /// `None` when they describe the same tables.
+    pub fn difference_from(&self, mine: &Catalog) -> Option<String> {
+        if self.fingerprint == mine.fingerprint() {
+            return None;
+        }
+        Some(
+            mine.first_difference_from(&self.tables)
+                .unwrap_or_else(|| "the schema fingerprints differ".to_string()),
+        )
+    }
+
+    /// As [`SchemaDesc::difference_from`], worded for the member that sent
+    /// this description ("here" is that member): what the active tells a
+    /// passive it refuses.
+    pub fn difference_for_sender(&self, mine: &Catalog) -> Option<String> {
+        if self.fingerprint == mine.fingerprint() {
+            return None;
+        }
+        Some(
+            mine.first_difference_seen_from(&self.tables)
+                .unwrap_or_else(|| "the schema fingerprints differ".to_string()),
+        )
+    }
 }
 
 impl Hello {
@@ -92,7 +142,8 @@ pub enum ServerMsg {
     /// A snapshot follows: chunks of rows, then `SnapshotEnd`; the passive
     /// installs them in one transaction and streams on from `position`.
     SnapshotBegin(SnapshotBegin),
-    /// Rows of projects, then jobs, then keys (bounded per chunk).
+    /// Rows table by table, in the catalog's parents-first order (bounded
+    /// per chunk).
     SnapshotChunk {
         rows: Vec<RowImage>,
     },
@@ -110,6 +161,12 @@ pub enum ServerMsg {
     /// member keeps the whole history, so whoever becomes active next can
     /// show it and judge a returning member's divergence.
     History(Vec<EpochEntry>),
+    /// Instead of a welcome: the passive's captured tables differ from the
+    /// active's (`difference` names the table and column, as the active
+    /// sees it). Nothing is applied until they match.
+    SchemaDiffers {
+        difference: String,
+    },
     /// Instead of a welcome: the passive's history diverged from this
     /// active's after `keep_upto` (it holds changes of an older epoch that
     /// this history does not). It must quarantine what it holds past
@@ -181,6 +238,7 @@ mod tests {
             epoch: Epoch(3),
             position: Position::new(3, 41),
             want_snapshot: false,
+            schema: None,
         }
     }
 

@@ -4,10 +4,8 @@
 
 use super::alloc_probe::measure;
 use super::*;
-use crate::model::{
-    Change, ChangeOp, Entity, Epoch, JobRow, KeyRow, MemberId, Position, ProjectRow, Role,
-    RowImage, Secret,
-};
+use crate::model::{Change, ChangeOp, Epoch, MemberId, Position, Role, RowImage};
+use crate::tables::{TableName, Value};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, RngSeed};
 use std::time::Duration;
@@ -43,66 +41,36 @@ fn arb_role() -> impl Strategy<Value = Role> {
 fn arb_text() -> impl Strategy<Value = String> {
     ".{0,24}"
 }
-fn arb_opt_text() -> impl Strategy<Value = Option<String>> {
-    proptest::option::of(arb_text())
-}
-fn arb_row() -> impl Strategy<Value = RowImage> {
+fn arb_value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        (arb_text(), arb_opt_text(), arb_opt_text(), any::<i64>()).prop_map(
-            |(name, description, config, updated_at)| RowImage::Project(ProjectRow {
-                name,
-                description,
-                config,
-                updated_at,
-            })
-        ),
-        (
-            (arb_text(), arb_text(), arb_text(), arb_opt_text()),
-            (arb_opt_text(), arb_opt_text(), arb_opt_text()),
-            (any::<bool>(), any::<bool>(), arb_opt_text(), any::<i64>()),
-        )
-            .prop_map(
-                |(
-                    (id, project, name, group_path),
-                    (description, definition, schedule),
-                    (schedule_enabled, execution_enabled, owner_member, updated_at),
-                )| RowImage::Job(JobRow {
-                    id,
-                    project,
-                    name,
-                    group_path,
-                    description,
-                    definition,
-                    schedule,
-                    schedule_enabled,
-                    execution_enabled,
-                    owner_member,
-                    updated_at,
-                })
-            ),
-        (
-            arb_text(),
-            "password|private|public",
-            proptest::collection::vec(any::<u8>(), 0..64),
-            arb_opt_text(),
-            any::<i64>()
-        )
-            .prop_map(
-                |(path, kind, content, meta, updated_at)| RowImage::Key(KeyRow {
-                    path,
-                    kind,
-                    content: Secret(content),
-                    meta,
-                    updated_at,
-                })
-            ),
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Int),
+        any::<f64>().prop_map(Value::Real),
+        any::<bool>().prop_map(Value::Bool),
+        arb_text().prop_map(Value::Text),
+        proptest::collection::vec(any::<u8>(), 0..64).prop_map(Value::Bytes),
     ]
 }
+fn arb_table() -> impl Strategy<Value = TableName> {
+    "[a-z_][a-z0-9_]{0,11}(\\.[a-z_][a-z0-9_]{0,11})?".prop_map(TableName::new)
+}
+fn arb_row() -> impl Strategy<Value = RowImage> {
+    (
+        arb_table(),
+        any::<u32>(),
+        proptest::collection::vec(arb_value(), 0..12),
+    )
+        .prop_map(|(table, key_len, values)| RowImage {
+            table,
+            key_len,
+            values,
+        })
+}
 fn arb_change() -> impl Strategy<Value = Change> {
-    let entity = prop_oneof![Just(Entity::Project), Just(Entity::Job), Just(Entity::Key)];
     let op = prop_oneof![
         arb_row().prop_map(ChangeOp::Upsert),
-        (entity, arb_text()).prop_map(|(entity, key)| ChangeOp::Delete { entity, key }),
+        (arb_table(), proptest::collection::vec(arb_value(), 0..4))
+            .prop_map(|(table, key)| ChangeOp::Delete { table, key }),
     ];
     (arb_position(), op).prop_map(|(pos, op)| Change { pos, op })
 }
@@ -125,6 +93,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
                 epoch: Epoch(epoch),
                 position,
                 want_snapshot,
+                schema: None,
             },
         )
 }
@@ -420,13 +389,14 @@ async fn a_message_over_the_limit_is_not_sent() {
     let big = ServerMsg::Batch(Batch {
         changes: vec![Change {
             pos: Position::new(1, 1),
-            op: ChangeOp::Upsert(RowImage::Key(KeyRow {
-                path: "k".into(),
-                kind: "private".into(),
-                content: Secret(vec![7; MAX_FRAME_BYTES + 1]),
-                meta: None,
-                updated_at: 0,
-            })),
+            op: ChangeOp::Upsert(RowImage::new(
+                TableName::new("keys"),
+                1,
+                vec![
+                    Value::Text("k".into()),
+                    Value::Bytes(vec![7; MAX_FRAME_BYTES + 1]),
+                ],
+            )),
         }],
         commit: true,
         head: Position::new(1, 1),

@@ -127,8 +127,8 @@ impl RoleSink for FakeSink {
     async fn follow(&self, epoch: Epoch, active: &MemberId) {
         push(&self.log, format!("sink follow {active} e{epoch}"));
     }
-    async fn take_over_jobs(&self, from: Option<&MemberId>) {
-        push(&self.log, format!("sink take_over_jobs {from:?}"));
+    async fn take_over(&self, from: Option<&MemberId>) {
+        push(&self.log, format!("sink take_over {from:?}"));
     }
     async fn run_hook(&self, hook: Hook) -> bool {
         push(&self.log, format!("sink hook {hook:?}"));

@@ -1,37 +1,43 @@
 //! Set-based apply of a batch of changes on PostgreSQL: the batch's
-//! change-log rows in one multi-row `INSERT`, and its effect on the
-//! application tables as one multi-row statement per table and kind, in an
-//! order that leaves the tables exactly as applying the changes one by one
-//! would.
+//! change-log rows in one `INSERT`, and its effect on the captured tables
+//! as one multi-row statement per table and kind, in an order that leaves
+//! the tables exactly as applying the changes one by one would.
 //!
-//! Owns: the apply statements (prepared once per connection), the plan that
-//! turns a batch into statements ([`plan`]), and the column arrays of row
-//! images (the snapshot install uses them too).
-//! Must never: move a change across a project delete (its foreign-key
-//! cascade deletes the project's jobs, so what comes before and after it
-//! does not commute), or put two changes of one row into one statement
-//! (`ON CONFLICT DO UPDATE` refuses to touch a row twice, and the result
-//! would depend on the statement's row order).
+//! Owns: the apply statements (prepared once per connection and catalog),
+//! the plan that turns a batch into statements ([`plan`]), and the column
+//! arrays of row images (the snapshot install uses them too).
+//! Must never: move a change across a delete of a row that other rows may
+//! reference (its foreign keys' actions run at that point, so what comes
+//! before and after it does not commute), or put two changes of one row
+//! into one statement (`ON CONFLICT DO UPDATE` refuses to touch a row
+//! twice, and the result would depend on the statement's row order).
 //!
 //! Why set-based: a PostgreSQL passive applying one statement per change
 //! spends its time in per-statement work on the server (bind, plan,
 //! executor start-up) and was the bottleneck behind a fast SQLite active.
 //!
-//! Why the plan is exact. Between two project deletes (a *segment*) no
-//! cascade runs, so only the last change of each row matters for the
-//! tables, and changes of different rows commute except through the
-//! `jobs.project` foreign key: a job may only be written once its project
-//! exists. The plan therefore writes, per segment: the projects' upserts,
-//! then the deletes of jobs and keys, then the upserts of jobs and keys.
-//! Every job upsert's project exists by then if it did in the one-by-one
-//! order. Project deletes stay where they were, one statement per run of
-//! consecutive deletes. (Both backends capture a cascade's job deletes as
-//! changes of their own, so moving a project delete would usually come out
-//! the same; but a job the passive holds that the log never deleted would
-//! then be cascaded at another point than on the active.)
+//! Why the plan is exact. A *parent table* is one some foreign key
+//! references (itself included). A delete in a parent table is a
+//! *barrier*: with `ON DELETE CASCADE` it deletes children, with `SET
+//! NULL` it changes them, with `NO ACTION` it needs them gone or moved
+//! first; none of that commutes with the changes around it, so barriers
+//! stay where they are (consecutive barriers of one table share a
+//! statement). Between barriers (a *segment*) no foreign-key action runs,
+//! so only the last change of each row matters, and changes of different
+//! rows commute except through foreign keys (a row needs its parent) and
+//! other unique keys (a deleted row's unique value may be taken by a new
+//! row). Per segment the plan therefore writes: upserts of parent tables,
+//! parents first (the catalog's order), then deletes of the other tables
+//! (children first), then their upserts. A row's parent exists by the time
+//! it is written if it did in the one-by-one order (a parent's delete is a
+//! barrier, never inside the segment), and deletes come before the upserts
+//! that may reuse their unique values.
 
-use crate::model::{Change, ChangeOp, Entity, RowImage};
-use std::collections::HashMap;
+use super::values::{Carrier, LogEntry, Slot, TableCodec, Tables};
+use crate::model::{Change, ChangeOp, RowImage};
+use crate::tables::{TableId, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -39,482 +45,487 @@ use tokio_postgres::{Client, Statement};
 #[derive(Debug, PartialEq)]
 pub(super) enum Step<'a> {
     /// Insert or update these rows of one table (one image per row).
-    Upsert(Entity, Vec<&'a RowImage>),
+    Upsert(TableId, Vec<&'a [Value]>),
     /// Delete these keys of one table.
-    Delete(Entity, Vec<&'a str>),
+    Delete(TableId, Vec<&'a [Value]>),
 }
 
-/// The table statements for `changes` (already checked to be consecutive),
+/// A change with its table, after [`Tables::check`].
+pub(super) type Checked<'a> = (TableId, &'a Change);
+
+/// The table statements for `changes` (already checked and consecutive),
 /// in the order they must run. The log rows are written separately.
-pub(super) fn plan<'a>(changes: &[&'a Change]) -> Vec<Step<'a>> {
+pub(super) fn plan<'a>(tables: &Tables, changes: &[Checked<'a>]) -> Vec<Step<'a>> {
     let mut steps = Vec::new();
     let mut start = 0;
-    for (i, c) in changes.iter().enumerate() {
-        if let ChangeOp::Delete {
-            entity: Entity::Project,
-            key,
-        } = &c.op
-        {
-            plan_segment(&changes[start..i], &mut steps);
-            start = i + 1;
-            match steps.last_mut() {
-                // Consecutive project deletes (nothing planned in between)
-                // share a statement.
-                Some(Step::Delete(Entity::Project, keys)) => {
-                    if !keys.contains(&key.as_str()) {
-                        keys.push(key)
-                    }
+    // The keys of the barrier statement at the end of `steps`, if any.
+    let mut barrier: HashSet<&'a [Value]> = HashSet::new();
+    for (i, &(id, c)) in changes.iter().enumerate() {
+        let ChangeOp::Delete { key, .. } = &c.op else {
+            continue;
+        };
+        if !tables.codecs[id.0].has_children {
+            continue;
+        }
+        let before = steps.len();
+        plan_segment(tables, &changes[start..i], &mut steps);
+        start = i + 1;
+        let nothing_between = steps.len() == before;
+        match steps.last_mut() {
+            // Consecutive barriers of one table (nothing planned in
+            // between) share a statement.
+            Some(Step::Delete(t, keys)) if *t == id && nothing_between => {
+                if barrier.insert(key) {
+                    keys.push(key);
                 }
-                _ => steps.push(Step::Delete(Entity::Project, vec![key])),
+            }
+            _ => {
+                barrier.clear();
+                barrier.insert(key);
+                steps.push(Step::Delete(id, vec![key]));
             }
         }
     }
-    plan_segment(&changes[start..], &mut steps);
+    plan_segment(tables, &changes[start..], &mut steps);
     steps
 }
 
-/// The net effect of a segment without project deletes.
-fn plan_segment<'a>(seg: &[&'a Change], steps: &mut Vec<Step<'a>>) {
-    // The last change of each row wins; earlier ones are overwritten by it.
-    let mut last: HashMap<(Entity, &str), usize> = HashMap::with_capacity(seg.len());
-    for (i, c) in seg.iter().enumerate() {
-        last.insert((c.entity(), c.key()), i);
+/// One statement per change, in log order: what the active did, statement
+/// for statement. The fallback for a batch whose set-based plan ran into a
+/// constraint the catalog does not describe (a unique key besides the
+/// primary key whose value moved from one row to another: one multi-row
+/// upsert checks it row by row, in an order of its own).
+pub(super) fn one_by_one<'a>(changes: &[Checked<'a>]) -> Vec<Step<'a>> {
+    changes
+        .iter()
+        .map(|&(id, c)| match &c.op {
+            ChangeOp::Upsert(r) => Step::Upsert(id, vec![&r.values[..]]),
+            ChangeOp::Delete { key, .. } => Step::Delete(id, vec![&key[..]]),
+        })
+        .collect()
+}
+
+/// The net effect of a segment without barriers.
+fn plan_segment<'a>(tables: &Tables, seg: &[Checked<'a>], steps: &mut Vec<Step<'a>>) {
+    if seg.is_empty() {
+        return;
     }
-    let mut up: [Vec<&RowImage>; 3] = Default::default();
-    let mut del: [Vec<&str>; 3] = Default::default();
-    for (i, c) in seg.iter().enumerate() {
-        if last.get(&(c.entity(), c.key())) != Some(&i) {
+    // The last change of each row wins; earlier ones are overwritten by it.
+    let mut last: HashMap<(TableId, &[Value]), usize> = HashMap::with_capacity(seg.len());
+    for (i, (id, c)) in seg.iter().enumerate() {
+        last.insert((*id, c.key()), i);
+    }
+    let n = tables.codecs.len();
+    let mut up: Vec<Vec<&[Value]>> = vec![Vec::new(); n];
+    let mut del: Vec<Vec<&[Value]>> = vec![Vec::new(); n];
+    for (i, (id, c)) in seg.iter().enumerate() {
+        if last.get(&(*id, c.key())) != Some(&i) {
             continue;
         }
         match &c.op {
-            ChangeOp::Upsert(r) => up[slot(r.entity())].push(r),
-            ChangeOp::Delete { entity, key } => del[slot(*entity)].push(key),
+            ChangeOp::Upsert(r) => up[id.0].push(&r.values),
+            ChangeOp::Delete { key, .. } => del[id.0].push(key),
         }
     }
-    let [up_projects, up_jobs, up_keys] = up;
-    let [del_projects, del_jobs, del_keys] = del;
-    debug_assert!(del_projects.is_empty(), "project deletes end a segment");
-    let ordered = [
-        Step::Upsert(Entity::Project, up_projects),
-        Step::Delete(Entity::Job, del_jobs),
-        Step::Delete(Entity::Key, del_keys),
-        Step::Upsert(Entity::Job, up_jobs),
-        Step::Upsert(Entity::Key, up_keys),
-    ];
-    steps.extend(ordered.into_iter().filter(|s| match s {
-        Step::Upsert(_, v) => !v.is_empty(),
-        Step::Delete(_, v) => !v.is_empty(),
-    }));
-}
-
-fn slot(e: Entity) -> usize {
-    match e {
-        Entity::Project => 0,
-        Entity::Job => 1,
-        Entity::Key => 2,
+    let parent = |i: &usize| tables.codecs[*i].has_children;
+    for i in (0..n).filter(parent) {
+        debug_assert!(del[i].is_empty(), "a parent table's delete ends a segment");
+        push(steps, Step::Upsert(TableId(i), std::mem::take(&mut up[i])));
+    }
+    for i in (0..n).rev().filter(|i| !parent(i)) {
+        push(steps, Step::Delete(TableId(i), std::mem::take(&mut del[i])));
+    }
+    for i in (0..n).filter(|i| !parent(i)) {
+        push(steps, Step::Upsert(TableId(i), std::mem::take(&mut up[i])));
     }
 }
 
-/// The multi-row `INSERT` of one table's images, columns in the order of
-/// [`Columns::params`]; `ON CONFLICT` clauses are appended by callers.
-pub(super) fn insert_sql(e: Entity) -> &'static str {
-    match e {
-        Entity::Project => {
-            "INSERT INTO projects (name, description, config, updated_at) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
-        }
-        Entity::Job => {
-            "INSERT INTO jobs (id, project, name, group_path, description, definition, \
-                 schedule, schedule_enabled, execution_enabled, owner_member, updated_at) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::text[], $8::bool[], $9::bool[], $10::text[], \
-                 $11::bigint[])"
-        }
-        Entity::Key => {
-            "INSERT INTO keys (path, kind, content, meta, updated_at) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], \
-                 $5::bigint[])"
-        }
-    }
-}
-
-fn upsert_sql(e: Entity) -> String {
-    let set = match e {
-        Entity::Project => {
-            "ON CONFLICT (name) DO UPDATE SET description = EXCLUDED.description, \
-             config = EXCLUDED.config, updated_at = EXCLUDED.updated_at"
-        }
-        Entity::Job => {
-            "ON CONFLICT (id) DO UPDATE SET project = EXCLUDED.project, name = EXCLUDED.name, \
-             group_path = EXCLUDED.group_path, description = EXCLUDED.description, \
-             definition = EXCLUDED.definition, schedule = EXCLUDED.schedule, \
-             schedule_enabled = EXCLUDED.schedule_enabled, \
-             execution_enabled = EXCLUDED.execution_enabled, \
-             owner_member = EXCLUDED.owner_member, updated_at = EXCLUDED.updated_at"
-        }
-        Entity::Key => {
-            "ON CONFLICT (path) DO UPDATE SET kind = EXCLUDED.kind, content = EXCLUDED.content, \
-             meta = EXCLUDED.meta, updated_at = EXCLUDED.updated_at"
-        }
+fn push<'a>(steps: &mut Vec<Step<'a>>, s: Step<'a>) {
+    let empty = match &s {
+        Step::Upsert(_, v) | Step::Delete(_, v) => v.is_empty(),
     };
-    format!("{} {set}", insert_sql(e))
+    if !empty {
+        steps.push(s);
+    }
 }
 
-fn delete_sql(e: Entity) -> String {
-    let pk = match e {
-        Entity::Project => "name",
-        Entity::Job => "id",
-        Entity::Key => "path",
+/// `v0, v1, ...` of `unnest(...) AS u(v0, v1, ...)` and the parameters'
+/// array types, for `slots`.
+fn unnest(slots: &[Slot], alias: &str) -> String {
+    let args: Vec<String> = slots
+        .iter()
+        .enumerate()
+        .map(|(k, s)| format!("${}::{}", k + 1, s.carrier.array_type()))
+        .collect();
+    let names: Vec<String> = (0..slots.len()).map(|k| format!("v{k}")).collect();
+    format!(
+        "unnest({}) AS {alias}({})",
+        args.join(", "),
+        names.join(", ")
+    )
+}
+
+/// The multi-row upsert of one table's images: one array parameter per
+/// image column (its carrier's type), each cast back into the column's
+/// type. The snapshot install runs it too (into emptied tables). A table
+/// with id generators takes the replicated ids as they are (`OVERRIDING
+/// SYSTEM VALUE`: an identity column `GENERATED ALWAYS` refuses them
+/// otherwise); its sequences are moved past them at promotion.
+pub(super) fn upsert_sql(t: &TableCodec) -> String {
+    let cols: Vec<String> = t.slots.iter().map(|s| quote(&s.column)).collect();
+    let vals: Vec<String> = t
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(k, s)| s.cast_expr(&format!("u.v{k}")))
+        .collect();
+    let key: Vec<String> = t.key_slots().iter().map(|s| quote(&s.column)).collect();
+    let set: Vec<String> = t.slots[t.key_len..]
+        .iter()
+        .map(|s| format!("{c} = EXCLUDED.{c}", c = quote(&s.column)))
+        .collect();
+    let conflict = if set.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", set.join(", "))
     };
-    format!("DELETE FROM {} WHERE {pk} = ANY($1::text[])", e.table())
+    let overriding = if t.has_ids {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    };
+    format!(
+        "INSERT INTO {} ({}){overriding} SELECT {} FROM {} ON CONFLICT ({}) {conflict}",
+        t.sql_name,
+        cols.join(", "),
+        vals.join(", "),
+        unnest(&t.slots, "u"),
+        key.join(", ")
+    )
 }
 
-/// The change-log rows of a batch, one array per column (mapping in
-/// `schemas/postgres/0001_tables.sql`).
-const LOG_SQL: &str = "INSERT INTO us_changelog (seq, epoch, entity, op, key, \
-         t1, t2, t3, t4, t5, t6, t7, f1, f2, content, updated_at) \
-     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::smallint[], $4::smallint[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-         $11::text[], $12::text[], $13::bool[], $14::bool[], $15::bytea[], $16::bigint[])";
+/// The multi-row delete of one table's keys. A one-column key uses `=
+/// ANY(array)`, which the planner turns into index lookups whatever the
+/// table's size (a key that needs a conversion converts the array once,
+/// in an init plan); a wider key joins the unnested keys.
+pub(super) fn delete_sql(t: &TableCodec) -> String {
+    let key = t.key_slots();
+    if let [s] = key {
+        let ty = s.carrier.array_type();
+        let array = if s.cast_expr("v") == "v" {
+            format!("$1::{ty}")
+        } else {
+            format!(
+                "ARRAY(SELECT {} FROM unnest($1::{ty}) AS d(v0))",
+                s.cast_expr("d.v0")
+            )
+        };
+        return format!(
+            "DELETE FROM {} WHERE {} = ANY({array})",
+            t.sql_name,
+            quote(&s.column)
+        );
+    }
+    let conds: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            format!(
+                "t.{} = {}",
+                quote(&s.column),
+                s.cast_expr(&format!("d.v{k}"))
+            )
+        })
+        .collect();
+    format!(
+        "DELETE FROM {} AS t USING {} WHERE {}",
+        t.sql_name,
+        unnest(key, "d"),
+        conds.join(" AND ")
+    )
+}
 
-/// The apply statements, prepared once per apply connection.
+fn quote(s: &str) -> String {
+    super::catalog::quote_ident(s)
+}
+
+/// The batch's change-log rows, as one array of `us_change` records.
+const LOG_SQL: &str = "INSERT INTO us_changelog (seq, epoch, tbl, op, i, r, b, t, x) \
+     SELECT seq, epoch, tbl, op, i, r, b, t, x FROM unnest($1::us_change[])";
+
+/// The apply statements, prepared once per apply connection for one
+/// catalog (`tables`: re-prepared when the catalog is read again).
 pub(super) struct ApplyStmts {
+    pub(super) tables: Arc<Tables>,
     log: Statement,
-    up: [Statement; 3],
-    del: [Statement; 3],
+    up: Vec<Statement>,
+    del: Vec<Statement>,
 }
 
 impl ApplyStmts {
-    pub(super) async fn prepare(client: &Client) -> Result<ApplyStmts, tokio_postgres::Error> {
-        let log = client.prepare(LOG_SQL).await?;
-        let up = [
-            client.prepare(&upsert_sql(Entity::Project)).await?,
-            client.prepare(&upsert_sql(Entity::Job)).await?,
-            client.prepare(&upsert_sql(Entity::Key)).await?,
-        ];
-        let del = [
-            client.prepare(&delete_sql(Entity::Project)).await?,
-            client.prepare(&delete_sql(Entity::Job)).await?,
-            client.prepare(&delete_sql(Entity::Key)).await?,
-        ];
-        Ok(ApplyStmts { log, up, del })
+    /// Prepare every statement; the prepares are pipelined (one round
+    /// trip, whatever the number of tables).
+    pub(super) async fn prepare(
+        client: &Client,
+        tables: Arc<Tables>,
+    ) -> Result<ApplyStmts, tokio_postgres::Error> {
+        let ups: Vec<String> = tables.codecs.iter().map(upsert_sql).collect();
+        let dels: Vec<String> = tables.codecs.iter().map(delete_sql).collect();
+        let (log, up, del) = futures_util::future::try_join3(
+            client.prepare(LOG_SQL),
+            futures_util::future::try_join_all(ups.iter().map(|s| client.prepare(s))),
+            futures_util::future::try_join_all(dels.iter().map(|s| client.prepare(s))),
+        )
+        .await?;
+        Ok(ApplyStmts {
+            tables,
+            log,
+            up,
+            del,
+        })
+    }
+
+    pub(super) fn upsert(&self, id: TableId) -> Option<&Statement> {
+        self.up.get(id.0)
     }
 }
-/// Write `changes` (consecutive, each after the applied position) inside the
-/// open apply transaction: the log rows, then the planned table statements.
-/// All are prepared, so each goes out as soon as it is polled and they run
-/// in this order; the answers are read after (one round trip).
-pub(super) async fn execute(
+
+/// A batch ready to send: its log rows and its planned table statements
+/// with their parameters. Built apart from sending, so a change that does
+/// not fit is refused before anything (the COMMIT pipelined behind the
+/// statements included) goes out.
+pub(super) struct Batch<'a> {
+    log: Vec<LogEntry<'a>>,
+    steps: Vec<(&'a Statement, Columns<'a>)>,
+}
+
+/// Plan `changes` (checked against `stmts.tables`, consecutive, each after
+/// the applied position) into a [`Batch`]: set-based, or with
+/// `one_by_one` one statement per change in log order (see
+/// [`one_by_one`]).
+pub(super) fn build<'a>(
+    stmts: &'a ApplyStmts,
+    changes: &[Checked<'a>],
+    one_by_one: bool,
+) -> Result<Batch<'a>, String> {
+    let tables = &*stmts.tables;
+    let log = changes
+        .iter()
+        .map(|(id, c)| LogEntry::of(&tables.codecs[id.0], c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let planned = if one_by_one {
+        self::one_by_one(changes)
+    } else {
+        plan(tables, changes)
+    };
+    let mut steps = Vec::new();
+    for step in planned {
+        steps.push(match step {
+            Step::Upsert(id, rows) => (
+                &stmts.up[id.0],
+                Columns::of(&tables.codecs[id.0].slots, &rows)?,
+            ),
+            Step::Delete(id, keys) => (
+                &stmts.del[id.0],
+                Columns::of(tables.codecs[id.0].key_slots(), &keys)?,
+            ),
+        });
+    }
+    Ok(Batch { log, steps })
+}
+
+impl Batch<'_> {
+    /// Send the log rows, then the table statements, inside the open apply
+    /// transaction. All are prepared, so each goes out as soon as it is
+    /// polled and they run in this order; the answers are read after (one
+    /// round trip).
+    pub(super) async fn run(
+        &self,
+        client: &Client,
+        stmts: &ApplyStmts,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.log.is_empty() {
+            return Ok(());
+        }
+        let log: &(dyn ToSql + Sync) = &self.log;
+        let mut params: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = vec![(&stmts.log, vec![log])];
+        params.extend(self.steps.iter().map(|(stmt, cols)| (*stmt, cols.params())));
+        let futs = params.iter().map(|(s, p)| client.execute(*s, p));
+        futures_util::future::try_join_all(futs).await?;
+        Ok(())
+    }
+}
+
+/// Why snapshot rows could not be inserted.
+#[derive(Debug)]
+pub(super) enum InsertError {
+    /// The rows do not fit the table (nothing was sent).
+    Shape(String),
+    Db(tokio_postgres::Error),
+}
+
+/// Insert snapshot rows of one table (a run of the reader's chunk) with
+/// its upsert statement.
+pub(super) async fn insert_rows(
     client: &Client,
     stmts: &ApplyStmts,
-    changes: &[&Change],
-) -> Result<(), tokio_postgres::Error> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let log = LogColumns::of(changes);
-    let tables: Vec<(&Statement, Columns)> = plan(changes)
-        .into_iter()
-        .map(|step| match step {
-            Step::Upsert(e, rows) => (&stmts.up[slot(e)], Columns::of_images(e, rows.into_iter())),
-            Step::Delete(e, keys) => (&stmts.del[slot(e)], Columns::Deleted(keys)),
-        })
-        .collect();
-    let mut params = vec![(&stmts.log, log.params())];
-    params.extend(tables.iter().map(|(stmt, cols)| (*stmt, cols.params())));
-    let futs = params.iter().map(|(s, p)| client.execute(*s, p));
-    futures_util::future::try_join_all(futs).await?;
-    Ok(())
+    codec: &TableCodec,
+    rows: &[RowImage],
+) -> Result<u64, InsertError> {
+    let Some(stmt) = stmts.upsert(codec.id) else {
+        return Err(InsertError::Shape(format!(
+            "no statement for table {}",
+            codec.name
+        )));
+    };
+    let values: Vec<&[Value]> = rows.iter().map(|r| &r.values[..]).collect();
+    let cols = Columns::of(&codec.slots, &values).map_err(InsertError::Shape)?;
+    client
+        .execute(stmt, &cols.params())
+        .await
+        .map_err(InsertError::Db)
 }
 
-/// One table statement's parameters: the image columns of its rows, or the
-/// keys to delete.
-pub(super) enum Columns<'a> {
-    Projects {
-        name: Vec<&'a str>,
-        description: Vec<Option<&'a str>>,
-        config: Vec<Option<&'a str>>,
-        updated_at: Vec<i64>,
-    },
-    Jobs {
-        id: Vec<&'a str>,
-        project: Vec<&'a str>,
-        name: Vec<&'a str>,
-        group_path: Vec<Option<&'a str>>,
-        description: Vec<Option<&'a str>>,
-        definition: Vec<Option<&'a str>>,
-        schedule: Vec<Option<&'a str>>,
-        schedule_enabled: Vec<bool>,
-        execution_enabled: Vec<bool>,
-        owner_member: Vec<Option<&'a str>>,
-        updated_at: Vec<i64>,
-    },
-    Keys {
-        path: Vec<&'a str>,
-        kind: Vec<&'a str>,
-        content: Vec<&'a [u8]>,
-        meta: Vec<Option<&'a str>>,
-        updated_at: Vec<i64>,
-    },
-    Deleted(Vec<&'a str>),
+/// One column's parameter: an array of its carrier's type.
+#[derive(Debug)]
+enum Column<'a> {
+    I(Vec<Option<i64>>),
+    R(Vec<Option<f64>>),
+    B(Vec<Option<bool>>),
+    T(Vec<Option<&'a str>>),
+    X(Vec<Option<&'a [u8]>>),
 }
+
+/// The parameters of one table statement: per slot, the values of every
+/// row (images or keys, in slot order) as an array.
+struct Columns<'a>(Vec<Column<'a>>);
 
 impl<'a> Columns<'a> {
-    /// The columns of the images of table `e` among `rows` (images of
-    /// other tables are skipped).
-    pub(super) fn of_images(e: Entity, rows: impl Iterator<Item = &'a RowImage>) -> Columns<'a> {
-        let mut cols = match e {
-            Entity::Project => Columns::Projects {
-                name: Vec::new(),
-                description: Vec::new(),
-                config: Vec::new(),
-                updated_at: Vec::new(),
-            },
-            Entity::Job => Columns::Jobs {
-                id: Vec::new(),
-                project: Vec::new(),
-                name: Vec::new(),
-                group_path: Vec::new(),
-                description: Vec::new(),
-                definition: Vec::new(),
-                schedule: Vec::new(),
-                schedule_enabled: Vec::new(),
-                execution_enabled: Vec::new(),
-                owner_member: Vec::new(),
-                updated_at: Vec::new(),
-            },
-            Entity::Key => Columns::Keys {
-                path: Vec::new(),
-                kind: Vec::new(),
-                content: Vec::new(),
-                meta: Vec::new(),
-                updated_at: Vec::new(),
-            },
-        };
-        for r in rows {
-            cols.push(r);
-        }
-        cols
-    }
-
-    fn push(&mut self, r: &'a RowImage) {
-        match (self, r) {
-            (
-                Columns::Projects {
-                    name,
-                    description,
-                    config,
-                    updated_at,
-                },
-                RowImage::Project(p),
-            ) => {
-                name.push(&p.name);
-                description.push(p.description.as_deref());
-                config.push(p.config.as_deref());
-                updated_at.push(p.updated_at);
+    fn of(slots: &[Slot], rows: &[&'a [Value]]) -> Result<Columns<'a>, String> {
+        let n = rows.len();
+        let mut cols: Vec<Column<'a>> = slots
+            .iter()
+            .map(|s| match s.carrier {
+                Carrier::I => Column::I(Vec::with_capacity(n)),
+                Carrier::R => Column::R(Vec::with_capacity(n)),
+                Carrier::B => Column::B(Vec::with_capacity(n)),
+                Carrier::T => Column::T(Vec::with_capacity(n)),
+                Carrier::X => Column::X(Vec::with_capacity(n)),
+            })
+            .collect();
+        for row in rows {
+            if row.len() < slots.len() {
+                return Err(format!(
+                    "a row holds {} values where {} are needed",
+                    row.len(),
+                    slots.len()
+                ));
             }
-            (
-                Columns::Jobs {
-                    id,
-                    project,
-                    name,
-                    group_path,
-                    description,
-                    definition,
-                    schedule,
-                    schedule_enabled,
-                    execution_enabled,
-                    owner_member,
-                    updated_at,
-                },
-                RowImage::Job(j),
-            ) => {
-                id.push(&j.id);
-                project.push(&j.project);
-                name.push(&j.name);
-                group_path.push(j.group_path.as_deref());
-                description.push(j.description.as_deref());
-                definition.push(j.definition.as_deref());
-                schedule.push(j.schedule.as_deref());
-                schedule_enabled.push(j.schedule_enabled);
-                execution_enabled.push(j.execution_enabled);
-                owner_member.push(j.owner_member.as_deref());
-                updated_at.push(j.updated_at);
-            }
-            (
-                Columns::Keys {
-                    path,
-                    kind,
-                    content,
-                    meta,
-                    updated_at,
-                },
-                RowImage::Key(k),
-            ) => {
-                path.push(&k.path);
-                kind.push(&k.kind);
-                content.push(k.content.expose());
-                meta.push(k.meta.as_deref());
-                updated_at.push(k.updated_at);
-            }
-            _ => {}
-        }
-    }
-
-    /// The parameters, in the order of [`insert_sql`] (or `$1` = the keys).
-    pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        match self {
-            Columns::Projects {
-                name,
-                description,
-                config,
-                updated_at,
-            } => vec![name, description, config, updated_at],
-            Columns::Jobs {
-                id,
-                project,
-                name,
-                group_path,
-                description,
-                definition,
-                schedule,
-                schedule_enabled,
-                execution_enabled,
-                owner_member,
-                updated_at,
-            } => vec![
-                id,
-                project,
-                name,
-                group_path,
-                description,
-                definition,
-                schedule,
-                schedule_enabled,
-                execution_enabled,
-                owner_member,
-                updated_at,
-            ],
-            Columns::Keys {
-                path,
-                kind,
-                content,
-                meta,
-                updated_at,
-            } => vec![path, kind, content, meta, updated_at],
-            Columns::Deleted(keys) => vec![keys],
-        }
-    }
-}
-
-/// The change-log columns of a batch, in the order of [`LOG_SQL`].
-struct LogColumns<'a> {
-    seq: Vec<i64>,
-    epoch: Vec<i64>,
-    entity: Vec<i16>,
-    op: Vec<i16>,
-    key: Vec<&'a str>,
-    t: [Vec<Option<&'a str>>; 7],
-    f1: Vec<Option<bool>>,
-    f2: Vec<Option<bool>>,
-    content: Vec<Option<&'a [u8]>>,
-    updated_at: Vec<Option<i64>>,
-}
-
-impl<'a> LogColumns<'a> {
-    fn of(changes: &[&'a Change]) -> LogColumns<'a> {
-        let n = changes.len();
-        let mut l = LogColumns {
-            seq: Vec::with_capacity(n),
-            epoch: Vec::with_capacity(n),
-            entity: Vec::with_capacity(n),
-            op: Vec::with_capacity(n),
-            key: Vec::with_capacity(n),
-            t: std::array::from_fn(|_| Vec::with_capacity(n)),
-            f1: Vec::with_capacity(n),
-            f2: Vec::with_capacity(n),
-            content: Vec::with_capacity(n),
-            updated_at: Vec::with_capacity(n),
-        };
-        for c in changes {
-            // Positions were range-checked before.
-            l.seq.push(i64::try_from(c.pos.seq).unwrap_or(i64::MAX));
-            l.epoch.push(i64::try_from(c.pos.epoch).unwrap_or(i64::MAX));
-            l.entity.push(entity_code(c.entity()));
-            l.key.push(c.key());
-            let mut t: [Option<&str>; 7] = [None; 7];
-            let (mut f1, mut f2, mut content, mut at) = (None, None, None, None);
-            match &c.op {
-                ChangeOp::Delete { .. } => l.op.push(super::OP_DELETE),
-                ChangeOp::Upsert(r) => {
-                    l.op.push(super::OP_UPSERT);
-                    match r {
-                        RowImage::Project(p) => {
-                            t[0] = p.description.as_deref();
-                            t[1] = p.config.as_deref();
-                            at = Some(p.updated_at);
-                        }
-                        RowImage::Job(j) => {
-                            t = [
-                                Some(&j.project),
-                                Some(&j.name),
-                                j.group_path.as_deref(),
-                                j.description.as_deref(),
-                                j.definition.as_deref(),
-                                j.schedule.as_deref(),
-                                j.owner_member.as_deref(),
-                            ];
-                            f1 = Some(j.schedule_enabled);
-                            f2 = Some(j.execution_enabled);
-                            at = Some(j.updated_at);
-                        }
-                        RowImage::Key(k) => {
-                            t[0] = Some(&k.kind);
-                            t[1] = k.meta.as_deref();
-                            content = Some(k.content.expose());
-                            at = Some(k.updated_at);
-                        }
+            for ((col, v), s) in cols.iter_mut().zip(row.iter()).zip(slots) {
+                match (col, v) {
+                    (Column::I(c), Value::Int(x)) => c.push(Some(*x)),
+                    (Column::I(c), Value::Null) => c.push(None),
+                    (Column::R(c), Value::Real(x)) => c.push(Some(*x)),
+                    (Column::R(c), Value::Null) => c.push(None),
+                    (Column::B(c), Value::Bool(x)) => c.push(Some(*x)),
+                    (Column::B(c), Value::Null) => c.push(None),
+                    (Column::T(c), Value::Text(x)) => c.push(Some(x)),
+                    (Column::T(c), Value::Null) => c.push(None),
+                    (Column::X(c), Value::Bytes(x)) => c.push(Some(x)),
+                    (Column::X(c), Value::Null) => c.push(None),
+                    (_, v) => {
+                        return Err(format!(
+                            "column {} is {} but a value is {}",
+                            s.column,
+                            s.ty,
+                            v.kind()
+                        ));
                     }
                 }
             }
-            for (col, v) in l.t.iter_mut().zip(t) {
-                col.push(v);
-            }
-            l.f1.push(f1);
-            l.f2.push(f2);
-            l.content.push(content);
-            l.updated_at.push(at);
         }
-        l
+        Ok(Columns(cols))
     }
 
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        let mut p: Vec<&(dyn ToSql + Sync)> =
-            vec![&self.seq, &self.epoch, &self.entity, &self.op, &self.key];
-        p.extend(self.t.iter().map(|c| c as &(dyn ToSql + Sync)));
-        p.extend([
-            &self.f1 as &(dyn ToSql + Sync),
-            &self.f2,
-            &self.content,
-            &self.updated_at,
-        ]);
-        p
-    }
-}
-
-fn entity_code(e: Entity) -> i16 {
-    match e {
-        Entity::Project => 1,
-        Entity::Job => 2,
-        Entity::Key => 3,
+        self.0
+            .iter()
+            .map(|c| -> &(dyn ToSql + Sync) {
+                match c {
+                    Column::I(v) => v,
+                    Column::R(v) => v,
+                    Column::B(v) => v,
+                    Column::T(v) => v,
+                    Column::X(v) => v,
+                }
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Position;
-    use crate::store::conformance::{self, del};
+    use crate::model::{Position, key_text};
+    use crate::tables::{Catalog, ColumnDesc, ForeignKey, PortableType, TableDesc, TableName};
+
+    fn col(name: &str, ty: PortableType, declared: &str) -> ColumnDesc {
+        ColumnDesc {
+            name: name.into(),
+            ty,
+            declared: declared.into(),
+            nullable: true,
+            secret: false,
+            ids: None,
+        }
+    }
+
+    /// The example schema as PostgreSQL describes it.
+    fn example() -> Tables {
+        use PortableType::*;
+        let projects = TableDesc {
+            name: TableName::new("projects"),
+            columns: vec![
+                col("name", Text, "text"),
+                col("description", Text, "text"),
+                col("config", Text, "text"),
+                col("updated_at", Int, "bigint"),
+            ],
+            key: vec![0],
+            foreign_keys: vec![],
+        };
+        let jobs = TableDesc {
+            name: TableName::new("jobs"),
+            columns: vec![
+                col("id", Text, "text"),
+                col("project", Text, "text"),
+                col("name", Text, "text"),
+                col("schedule_enabled", Bool, "boolean"),
+                col("updated_at", Int, "bigint"),
+            ],
+            key: vec![0],
+            foreign_keys: vec![ForeignKey {
+                columns: vec![1],
+                parent: TableName::new("projects"),
+                parent_columns: vec!["name".into()],
+                cascade: true,
+            }],
+        };
+        let keys = TableDesc {
+            name: TableName::new("keys"),
+            columns: vec![
+                col("path", Text, "text"),
+                col("kind", Text, "text"),
+                col("content", Bytes, "bytea"),
+                col("updated_at", Int, "bigint"),
+            ],
+            key: vec![0],
+            foreign_keys: vec![],
+        };
+        Tables::new(
+            Catalog::build(vec![keys, jobs, projects], &["keys.content".into()]).expect("catalog"),
+        )
+    }
 
     fn at(seq: u64, op: ChangeOp) -> Change {
         Change {
@@ -522,38 +533,74 @@ mod tests {
             op,
         }
     }
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+    fn up(table: &str, values: Vec<Value>) -> ChangeOp {
+        ChangeOp::Upsert(RowImage::new(TableName::new(table), 1, values))
+    }
     fn project(name: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(conformance::project(name, None, None, v))
+        up(
+            "projects",
+            vec![t(name), Value::Null, Value::Null, Value::Int(v)],
+        )
     }
     fn job(id: &str, project: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(RowImage::Job(conformance::job(id, project, id, v)))
+        up(
+            "jobs",
+            vec![t(id), t(project), t(id), Value::Bool(true), Value::Int(v)],
+        )
     }
     fn key(path: &str, v: i64) -> ChangeOp {
-        ChangeOp::Upsert(conformance::key(path, "password", &[1], None, v))
+        up(
+            "keys",
+            vec![t(path), t("password"), Value::Bytes(vec![1]), Value::Int(v)],
+        )
     }
-    /// The plan as readable lines: "up job j1@2" / "del key k".
-    fn show(changes: &[Change]) -> Vec<String> {
-        let refs: Vec<&Change> = changes.iter().collect();
-        plan(&refs)
+    fn del(table: &str, k: &str) -> ChangeOp {
+        ChangeOp::Delete {
+            table: TableName::new(table),
+            key: vec![t(k)],
+        }
+    }
+
+    /// The plan as readable lines: "up jobs j1@2" / "del keys k".
+    fn show(tables: &Tables, changes: &[Change]) -> Vec<String> {
+        let checked: Vec<Checked> = changes
+            .iter()
+            .map(|c| (tables.check(c).expect("valid change").id, c))
+            .collect();
+        plan(tables, &checked)
             .iter()
             .map(|s| match s {
-                Step::Upsert(e, rows) => {
+                Step::Upsert(id, rows) => {
                     let rows: Vec<String> = rows
                         .iter()
                         .map(|r| {
-                            let v = match r {
-                                RowImage::Project(p) => p.updated_at,
-                                RowImage::Job(j) => j.updated_at,
-                                RowImage::Key(k) => k.updated_at,
+                            let v = match r.last() {
+                                Some(Value::Int(v)) => *v,
+                                _ => -1,
                             };
-                            format!("{}@{v}", r.key())
+                            format!("{}@{v}", key_text(&r[..1]))
                         })
                         .collect();
-                    format!("up {} {}", e.table(), rows.join(","))
+                    format!("up {} {}", tables.codecs[id.0].name, rows.join(","))
                 }
-                Step::Delete(e, keys) => format!("del {} {}", e.table(), keys.join(",")),
+                Step::Delete(id, keys) => {
+                    let keys: Vec<String> = keys.iter().map(|k| key_text(k)).collect();
+                    format!("del {} {}", tables.codecs[id.0].name, keys.join(","))
+                }
             })
             .collect()
+    }
+
+    #[test]
+    fn single_column_keys_delete_through_any() {
+        let tables = example();
+        assert_eq!(
+            delete_sql(&tables.codecs[0]),
+            "DELETE FROM \"public\".\"keys\" WHERE \"path\" = ANY($1::text[])"
+        );
     }
 
     #[test]
@@ -563,48 +610,50 @@ mod tests {
             at(2, key("k1", 2)),
             at(3, job("j1", "p", 3)),
             at(4, job("j2", "p", 4)),
-            at(5, del(Entity::Key, "k1")),
-            at(6, del(Entity::Job, "j2")),
+            at(5, del("keys", "k1")),
+            at(6, del("jobs", "j2")),
             at(7, job("j2", "p", 7)),
         ];
-        assert_eq!(show(&b), ["del keys k1", "up jobs j1@3,j2@7"]);
+        assert_eq!(show(&example(), &b), ["del keys k1", "up jobs j1@3,j2@7"]);
     }
 
     #[test]
-    fn projects_are_written_before_the_jobs_that_need_them() {
+    fn parents_are_written_before_the_rows_that_need_them() {
         let b = [
             at(1, job("j1", "p1", 1)),
             at(2, project("p2", 2)),
             at(3, job("j2", "p2", 3)),
-            at(4, del(Entity::Job, "j3")),
+            at(4, del("jobs", "j3")),
             at(5, key("k", 5)),
         ];
+        // The catalog's order is keys, projects, jobs (parents first, ties
+        // by name): deletes run jobs before keys, upserts keys before jobs.
         assert_eq!(
-            show(&b),
+            show(&example(), &b),
             [
                 "up projects p2@2",
                 "del jobs j3",
-                "up jobs j1@1,j2@3",
-                "up keys k@5"
+                "up keys k@5",
+                "up jobs j1@1,j2@3"
             ]
         );
     }
 
     #[test]
-    fn nothing_moves_across_a_project_delete() {
+    fn nothing_moves_across_a_parent_delete() {
         // p is deleted (its cascade removes j1's old row), then created again
         // and j1 written into it: the second write must follow the delete.
         let b = [
             at(1, job("j1", "p", 1)),
-            at(2, del(Entity::Job, "j1")),
-            at(3, del(Entity::Project, "p")),
-            at(4, del(Entity::Project, "q")),
+            at(2, del("jobs", "j1")),
+            at(3, del("projects", "p")),
+            at(4, del("projects", "q")),
             at(5, project("p", 5)),
             at(6, job("j1", "p", 6)),
-            at(7, del(Entity::Project, "p")),
+            at(7, del("projects", "p")),
         ];
         assert_eq!(
-            show(&b),
+            show(&example(), &b),
             [
                 "del jobs j1",
                 "del projects p,q",
@@ -616,36 +665,121 @@ mod tests {
     }
 
     #[test]
-    fn a_repeated_project_delete_is_sent_once() {
-        let b = [
-            at(1, del(Entity::Project, "p")),
-            at(2, del(Entity::Project, "p")),
-        ];
-        assert_eq!(show(&b), ["del projects p"]);
+    fn a_repeated_parent_delete_is_sent_once() {
+        let b = [at(1, del("projects", "p")), at(2, del("projects", "p"))];
+        assert_eq!(show(&example(), &b), ["del projects p"]);
     }
 
     #[test]
-    fn log_columns_follow_the_image_mapping() {
+    fn log_rows_put_each_value_in_its_carrier() {
+        let tables = example();
         let b = [
             at(1, project("p", 1)),
             at(2, job("j", "p", 2)),
             at(3, key("k", 3)),
-            at(4, del(Entity::Job, "j")),
+            at(4, del("jobs", "j")),
         ];
-        let refs: Vec<&Change> = b.iter().collect();
-        let l = LogColumns::of(&refs);
-        assert_eq!(l.seq, [1, 2, 3, 4]);
-        assert_eq!(l.entity, [1, 2, 3, 2]);
-        assert_eq!(
-            l.op,
-            [super::super::OP_UPSERT, 1, 1, super::super::OP_DELETE]
+        let rows: Vec<LogEntry> = b
+            .iter()
+            .map(|c| LogEntry::of(tables.check(c).expect("valid"), c).expect("entry"))
+            .collect();
+        assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(rows[1].tbl, "jobs");
+        assert_eq!(rows[1].t, [Some("j"), Some("p"), Some("j")]);
+        assert_eq!(rows[1].b, [Some(true)]);
+        assert_eq!(rows[1].i, [Some(2)]);
+        assert_eq!(rows[2].x, [Some(&[1u8][..])]);
+        assert_eq!(rows[0].t, [Some("p"), None, None]);
+        assert_eq!(rows[3].op, super::super::values::OP_DELETE);
+        assert_eq!(rows[3].t, [Some("j")]);
+        assert!(rows[3].i.is_empty() && rows[3].b.is_empty());
+        // Debug shows no value.
+        assert!(!format!("{:?}", rows[2]).contains("password"));
+    }
+
+    #[test]
+    fn changes_that_do_not_fit_are_refused_by_table_and_column() {
+        let tables = example();
+        let wrong_kind = at(
+            1,
+            up(
+                "keys",
+                vec![t("k"), t("password"), t("hunter2"), Value::Int(1)],
+            ),
         );
-        assert_eq!(l.key, ["p", "j", "k", "j"]);
-        assert_eq!(l.t[0], [None, Some("p"), Some("password"), None]);
-        assert_eq!(l.t[1], [None, Some("j"), None, None]);
-        assert_eq!(l.f1, [None, Some(true), None, None]);
-        assert_eq!(l.content, [None, None, Some(&[1u8][..]), None]);
-        assert_eq!(l.updated_at, [Some(1), Some(2), Some(3), None]);
-        assert_eq!(l.params().len(), 16);
+        let e = tables
+            .check(&wrong_kind)
+            .expect_err("text in a bytea column");
+        assert!(
+            e.contains("keys.content is bytes but the value is text"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let short = at(2, up("keys", vec![t("k")]));
+        assert!(
+            tables
+                .check(&short)
+                .expect_err("short")
+                .contains("1 values where the table has 4")
+        );
+        let unknown = at(3, up("nope", vec![t("k")]));
+        assert!(
+            tables
+                .check(&unknown)
+                .expect_err("unknown")
+                .contains("table nope")
+        );
+        let null_key = at(4, del("jobs", "x"));
+        let mut null_key = null_key;
+        if let ChangeOp::Delete { key, .. } = &mut null_key.op {
+            key[0] = Value::Null;
+        }
+        assert!(
+            tables
+                .check(&null_key)
+                .expect_err("null key")
+                .contains("jobs.id is part of the primary key")
+        );
+    }
+
+    #[test]
+    fn statements_cast_carriers_back_into_the_declared_types() {
+        use PortableType::*;
+        let t = TableDesc {
+            name: TableName::new("app.runs"),
+            columns: vec![
+                col("job", Uuid, "uuid"),
+                col("n", Int, "integer"),
+                col("at", TimestampTz, "timestamp with time zone"),
+                col("cost", Numeric, "numeric(10,2)"),
+                col("day", Date, "date"),
+            ],
+            key: vec![0, 1],
+            foreign_keys: vec![],
+        };
+        let tables = Tables::new(Catalog::build(vec![t], &[]).expect("catalog"));
+        let c = &tables.codecs[0];
+        let up = upsert_sql(c);
+        assert!(
+            up.starts_with(
+                "INSERT INTO \"app\".\"runs\" (\"job\", \"n\", \"at\", \"cost\", \"day\")"
+            ),
+            "{up}"
+        );
+        assert!(up.contains("u.v0::uuid, u.v1::integer"), "{up}");
+        assert!(up.contains("AT TIME ZONE 'UTC'"), "{up}");
+        assert!(up.contains("u.v3::numeric(10,2)"), "{up}");
+        assert!(up.contains("(date '1970-01-01' + u.v4::int4)"), "{up}");
+        assert!(
+            up.contains("unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[])"),
+            "{up}"
+        );
+        assert!(up.ends_with("ON CONFLICT (\"job\", \"n\") DO UPDATE SET \"at\" = EXCLUDED.\"at\", \"cost\" = EXCLUDED.\"cost\", \"day\" = EXCLUDED.\"day\""), "{up}");
+        let del = delete_sql(c);
+        assert_eq!(
+            del,
+            "DELETE FROM \"app\".\"runs\" AS t USING unnest($1::text[], $2::int8[]) AS d(v0, v1) \
+             WHERE t.\"job\" = d.v0::uuid AND t.\"n\" = d.v1::integer"
+        );
     }
 }

@@ -1,19 +1,18 @@
-//! PostgreSQL side of rejoin and takeover: rewinding a former active's
-//! divergent tail into `us_divergence`, listing and resolving what it holds
-//! (the sequencer's late staged rows, with seq 0, included), taking over
-//! jobs, and merging epoch history from the active.
+//! PostgreSQL side of rejoin: rewinding a former active's divergent tail
+//! into `us_divergence`, listing and resolving what it holds (the
+//! sequencer's late staged rows, with seq 0, included), and merging epoch
+//! history from the active.
 //!
 //! Owns: the statements behind [`MemberStore::quarantine_tail`],
-//! `divergence_list`, `resolve_divergence`, `divergent_count`,
-//! `take_over_jobs` and `merge_epoch_history` for PostgreSQL.
-//! Must never: touch application rows while rewinding, set
-//! `understudy.applying` for the takeover (it must pass the fence and be
-//! captured like an application's write), or put key content into an error.
+//! `divergence_list`, `resolve_divergence`, `divergent_count` and
+//! `merge_epoch_history` for PostgreSQL.
+//! Must never: touch application rows while rewinding, or put a value of a
+//! captured table into an error (the quarantine holds whole row images).
 //!
 //! [`MemberStore::quarantine_tail`]: crate::store::MemberStore::quarantine_tail
 
-use super::{IMAGE_COLS, NOW_MS, PgStore, conn, decode_change, to_i64, to_u64};
-use crate::model::{MemberId, Position, Role};
+use super::{LOG_COLS, NOW_MS, PgStore, conn, decode_change, to_i64, to_u64};
+use crate::model::{Position, Role};
 use crate::store::{DivergentChange, EpochRecord, MemberStore, StoreError, StoreResult};
 use tokio_postgres::types::ToSql;
 
@@ -120,8 +119,8 @@ impl PgStore {
         let moved = tx
             .execute(
                 &format!(
-                    "INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
-                     SELECT epoch, seq, entity, op, key, {IMAGE_COLS}, $2 \
+                    "INSERT INTO us_divergence (epoch, seq, {LOG_COLS}, reason) \
+                     SELECT epoch, seq, {LOG_COLS}, $2 \
                      FROM us_changelog WHERE seq > $1 ORDER BY seq"
                 ),
                 &[&keep_seq, &reason],
@@ -163,9 +162,10 @@ impl PgStore {
         &self,
         include_resolved: bool,
     ) -> StoreResult<Vec<DivergentChange>> {
+        let tables = self.tables()?;
         let c = self.reader.get().await?;
         let sql = format!(
-            "SELECT seq, epoch, entity, op, key, {IMAGE_COLS}, id, quarantined_at, reason, resolved \
+            "SELECT seq, epoch, {LOG_COLS}, id, quarantined_at, reason, resolved \
              FROM us_divergence {} ORDER BY id",
             if include_resolved {
                 ""
@@ -178,11 +178,11 @@ impl PgStore {
         rows.iter()
             .map(|r| {
                 Ok(DivergentChange {
-                    change: decode_change(r, 0)?,
-                    id: r.try_get(16).map_err(&g)?,
-                    quarantined_at_ms: r.try_get(17).map_err(&g)?,
-                    reason: r.try_get(18).map_err(&g)?,
-                    resolved: r.try_get(19).map_err(&g)?,
+                    change: decode_change(&tables, r, 0)?,
+                    id: r.try_get(9).map_err(&g)?,
+                    quarantined_at_ms: r.try_get(10).map_err(&g)?,
+                    reason: r.try_get(11).map_err(&g)?,
+                    resolved: r.try_get(12).map_err(&g)?,
                 })
             })
             .collect()
@@ -218,39 +218,6 @@ impl PgStore {
             .map_err(|e| self.err(&e))?;
         let n: i64 = row.try_get(0).map_err(corrupt("us_divergence"))?;
         to_u64(n, "count")
-    }
-
-    /// See [`MemberStore::take_over_jobs`]: on the control connection, which
-    /// never sets `understudy.applying`, so the fence and the capture
-    /// triggers see an application write.
-    pub(super) async fn take_over_jobs_pg(
-        &self,
-        from: Option<&MemberId>,
-        to: &MemberId,
-    ) -> StoreResult<u64> {
-        match from {
-            Some(f) if f == to => Ok(0),
-            Some(f) => {
-                self.ctl_execute(
-                    &format!(
-                        "UPDATE jobs SET owner_member = $1, updated_at = {NOW_MS} \
-                         WHERE owner_member = $2"
-                    ),
-                    &[&to.as_str(), &f.as_str()],
-                )
-                .await
-            }
-            None => {
-                self.ctl_execute(
-                    &format!(
-                        "UPDATE jobs SET owner_member = $1, updated_at = {NOW_MS} \
-                         WHERE owner_member IS NULL"
-                    ),
-                    &[&to.as_str()],
-                )
-                .await
-            }
-        }
     }
 
     /// See [`MemberStore::merge_epoch_history`]: one statement, so the

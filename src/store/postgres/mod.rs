@@ -1,48 +1,47 @@
 //! The PostgreSQL member database (tokio-postgres).
 //!
-//! Owns: the PostgreSQL side of [`MemberStore`]: capture through the staging
-//! table `us_capture`, the sequencer that moves committed staged rows into
-//! `us_changelog` in commit order, the apply path, the fence/lease state row,
-//! checksums and LISTEN/NOTIFY wake-ups.
+//! Owns: the PostgreSQL side of [`MemberStore`]: the captured tables'
+//! description read from the catalog (`catalog`), capture through
+//! generated triggers into the staging table `us_capture` (`capture`), the
+//! sequencer that moves committed staged rows into `us_changelog` in commit
+//! order, the set-based apply path (`apply`, `batch`), snapshots, the
+//! fence/lease state row and LISTEN/NOTIFY wake-ups. The log row format is
+//! in `values`.
 //! Must never: read changes from `us_capture` (rows there are not yet in
-//! commit order), put key content or a password into an error, or keep an
-//! apply transaction across a lost connection.
+//! commit order), put a value of a captured table or a password into an
+//! error, or keep an apply transaction across a lost connection.
 //!
 //! Connections: `reader` (reads, state, checksums), `ctl` (state-row writes,
 //! the sequencer, trims), a dedicated apply connection (its transaction may
 //! stay open across calls, so nothing else may run on it) and the LISTEN
 //! connection. Each reconnects on the next call after the server went away.
 
+mod apply;
 mod batch;
+mod capture;
+mod catalog;
 mod conn;
 mod divergence;
 pub mod schema;
 mod snapshot;
+mod takeover;
+mod values;
 
 pub use snapshot::PgSnapshot;
 
-pub use schema::{LATEST as SCHEMA_VERSION, MIGRATIONS, Migration};
+pub use schema::{EXAMPLE_SQL, LATEST as SCHEMA_VERSION, MIGRATIONS, Migration};
 
-use super::checksum::TableHasher;
 use super::*;
-use crate::model::{
-    Change, ChangeOp, Entity, Epoch, JobRow, KeyRow, MemberId, Position, ProjectRow, Role,
-    RowImage, Secret,
-};
-use batch::ApplyStmts;
+use crate::model::{Epoch, MemberId, Position, Role};
+use crate::tables::CatalogError;
+use apply::ApplyConn;
 use conn::{ClientSlot, Listener, query_error};
-use futures_util::{TryStreamExt, pin_mut};
+use std::sync::RwLock;
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, SimpleQueryMessage};
-
-const OP_UPSERT: i16 = 1;
-const OP_DELETE: i16 = 2;
-
-/// The image columns shared by `us_capture`, `us_changelog` and
-/// `us_divergence` (mapping in `schemas/postgres/0001_tables.sql`).
-const IMAGE_COLS: &str = "t1, t2, t3, t4, t5, t6, t7, f1, f2, content, updated_at";
+use tokio_postgres::{Client, SimpleQueryMessage};
+use values::{LOG_COLS, Tables};
 
 /// The database clock in ms since the Unix epoch, as SQL.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -50,6 +49,10 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// A PostgreSQL member database.
 pub struct PgStore {
     url: String,
+    spec: CaptureSpec,
+    /// The captured tables as last read from the catalog (at connect, and
+    /// again by `init` and `check_schema`).
+    held: RwLock<Held>,
     reader: ClientSlot,
     ctl: ClientSlot,
     // Boxed: the prepared statements make it large and `AnyStore` holds
@@ -58,13 +61,12 @@ pub struct PgStore {
     listener: Listener,
 }
 
-/// The apply connection and its possibly open transaction.
-struct ApplyConn {
-    conn: Option<(Client, ApplyStmts)>,
-    /// `Some(applied)` while a transaction is open: the position reached in it.
-    open: Option<Position>,
-    /// `Some(snapshot position)` while a snapshot install transaction is open.
-    installing: Option<Position>,
+/// The captured tables, or why they cannot be captured yet (a database
+/// `init` has not prepared: the tables may not exist). `tables` is then
+/// empty, and whatever needs them reports `problem`.
+struct Held {
+    tables: Arc<Tables>,
+    problem: Option<CatalogError>,
 }
 
 fn to_i64(v: u64, what: &str) -> StoreResult<i64> {
@@ -76,23 +78,63 @@ fn to_u64(v: i64, what: &str) -> StoreResult<u64> {
 }
 
 impl PgStore {
-    /// Connect without creating or changing anything. Fails with
-    /// `Unreachable` (password redacted) when the server cannot be reached.
-    pub async fn connect(url: &str) -> StoreResult<PgStore> {
+    /// Connect without creating or changing anything and read the captured
+    /// tables' description. Fails with `Unreachable` (password redacted)
+    /// when the server cannot be reached; tables that cannot be captured
+    /// (yet) are reported by `init`, `check_schema` and whatever needs
+    /// them, not here: `init` must be able to connect to an empty database.
+    pub async fn connect(url: &str, spec: &CaptureSpec) -> StoreResult<PgStore> {
         let reader = conn::connect(url).await?;
+        let held = match catalog::read_catalog(&reader, url, spec).await {
+            Ok(c) => Held {
+                tables: Arc::new(Tables::new(c)),
+                problem: None,
+            },
+            Err(StoreError::Catalog { source, .. }) => Held {
+                tables: Arc::new(Tables::new(
+                    Catalog::build(Vec::new(), &[])
+                        .map_err(|e| StoreError::Backend(format!("an empty catalog: {e}")))?,
+                )),
+                problem: Some(source),
+            },
+            Err(e) => return Err(e),
+        };
         let ctl = conn::connect(url).await?;
         let listener = Listener::start(url).await?;
         Ok(PgStore {
             url: url.to_string(),
+            spec: spec.clone(),
+            held: RwLock::new(held),
             reader: ClientSlot::new(url, Some(reader)),
             ctl: ClientSlot::new(url, Some(ctl)),
-            apply: Box::new(Mutex::new(ApplyConn {
-                conn: None,
-                open: None,
-                installing: None,
-            })),
+            apply: Box::new(Mutex::new(ApplyConn::default())),
             listener,
         })
+    }
+
+    /// The captured tables, or why there are none to work with.
+    fn tables(&self) -> StoreResult<Arc<Tables>> {
+        let h = self.held.read().unwrap_or_else(|p| p.into_inner());
+        match &h.problem {
+            Some(p) => Err(StoreError::Catalog {
+                url: self.redacted_url(),
+                source: p.clone(),
+            }),
+            None => Ok(Arc::clone(&h.tables)),
+        }
+    }
+
+    /// Take a fresh read of the catalog; an unchanged description keeps
+    /// the old `Arc`, so the apply statements prepared for it stay.
+    fn set_tables(&self, t: Tables) {
+        let mut h = self.held.write().unwrap_or_else(|p| p.into_inner());
+        if h.problem.is_none() && *h.tables.catalog == *t.catalog {
+            return;
+        }
+        *h = Held {
+            tables: Arc::new(t),
+            problem: None,
+        };
     }
 
     /// The URL with its password hidden, for messages.
@@ -158,71 +200,19 @@ impl PgStore {
     }
 }
 
-/// Decode a change-log row: columns `seq, epoch, entity, op, key` then
-/// [`IMAGE_COLS`], starting at `base`.
-fn decode_change(r: &Row, base: usize) -> StoreResult<Change> {
-    let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("change log row: {e}"));
-    let seq: i64 = r.try_get(base).map_err(g)?;
-    let epoch: i64 = r.try_get(base + 1).map_err(g)?;
-    let entity_code: i16 = r.try_get(base + 2).map_err(g)?;
-    let op: i16 = r.try_get(base + 3).map_err(g)?;
-    let key: String = r.try_get(base + 4).map_err(g)?;
-    let pos = Position::new(to_u64(epoch, "epoch")?, to_u64(seq, "seq")?);
-    let entity = Entity::from_code(i64::from(entity_code)).ok_or_else(|| {
-        StoreError::Corrupt(format!("change {pos}: unknown entity {entity_code}"))
-    })?;
-    let t = |i: usize| -> StoreResult<Option<String>> { r.try_get(base + 4 + i).map_err(g) };
-    let need = |v: Option<String>, what: &str| {
-        v.ok_or_else(|| StoreError::Corrupt(format!("change {pos}: {what} is missing")))
-    };
-    let op = match op {
-        OP_DELETE => ChangeOp::Delete { entity, key },
-        OP_UPSERT => {
-            let f1: Option<bool> = r.try_get(base + 12).map_err(g)?;
-            let f2: Option<bool> = r.try_get(base + 13).map_err(g)?;
-            let content: Option<Vec<u8>> = r.try_get(base + 14).map_err(g)?;
-            let updated_at: Option<i64> = r.try_get(base + 15).map_err(g)?;
-            let updated_at = updated_at.ok_or_else(|| {
-                StoreError::Corrupt(format!("change {pos}: updated_at is missing"))
-            })?;
-            ChangeOp::Upsert(match entity {
-                Entity::Project => RowImage::Project(ProjectRow {
-                    name: key,
-                    description: t(1)?,
-                    config: t(2)?,
-                    updated_at,
-                }),
-                Entity::Job => RowImage::Job(JobRow {
-                    id: key,
-                    project: need(t(1)?, "project")?,
-                    name: need(t(2)?, "name")?,
-                    group_path: t(3)?,
-                    description: t(4)?,
-                    definition: t(5)?,
-                    schedule: t(6)?,
-                    owner_member: t(7)?,
-                    schedule_enabled: f1.unwrap_or(true),
-                    execution_enabled: f2.unwrap_or(true),
-                    updated_at,
-                }),
-                Entity::Key => RowImage::Key(KeyRow {
-                    path: key,
-                    kind: need(t(1)?, "kind")?,
-                    meta: t(2)?,
-                    content: Secret(content.ok_or_else(|| {
-                        StoreError::Corrupt(format!("change {pos}: key content is missing"))
-                    })?),
-                    updated_at,
-                }),
-            })
-        }
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "change {pos}: unknown op {other}"
-            )));
-        }
-    };
-    Ok(Change { pos, op })
+/// Decode a change-log row (`seq, epoch, tbl, op, i, r, b, t, x` from
+/// column `base` on).
+fn decode_change(tables: &Tables, r: &tokio_postgres::Row, base: usize) -> StoreResult<Change> {
+    tables.decode_change(r, base).map_err(StoreError::Corrupt)
+}
+
+/// `tbl, op, ...` of [`LOG_COLS`] with a table alias.
+fn log_cols_of(alias: &str) -> String {
+    LOG_COLS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether staged rows are this member's own changes: it is the active, or
@@ -245,29 +235,30 @@ const FENCE_DRAIN: Duration = Duration::from_secs(2);
 /// The sequencer's one round trip (see [`MemberStore::sequence`]): lock the
 /// state row, then move every committed staged row into the change log.
 fn sequence_sql() -> String {
+    let m = log_cols_of("m");
     format!(
         "SELECT 1 FROM us_state WHERE id = 1 FOR UPDATE; \
              WITH st AS (SELECT role, {OWN_LOG} AS own FROM us_state WHERE id = 1), \
              moved AS (DELETE FROM us_capture WHERE NOT (SELECT own FROM st) \
-                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}) \
-             INSERT INTO us_divergence (epoch, seq, entity, op, key, {IMAGE_COLS}, reason) \
-             SELECT m.epoch, 0, m.entity, m.op, m.key, {IMAGE_COLS}, \
+                       RETURNING id, epoch, {LOG_COLS}) \
+             INSERT INTO us_divergence (epoch, seq, {LOG_COLS}, reason) \
+             SELECT m.epoch, 0, {m}, \
                     'committed while this member was ' || (SELECT role FROM st) \
              FROM moved m ORDER BY m.id; \
-             WITH b AS ( \
+             WITH base AS ( \
                  SELECT greatest(s.pos_seq, coalesce((SELECT max(seq) FROM us_changelog), 0)) AS seq, \
                         greatest(s.pos_epoch, coalesce((SELECT epoch FROM us_changelog \
                                                         ORDER BY seq DESC LIMIT 1), 0)) AS epoch \
                  FROM us_state s WHERE s.id = 1), \
              moved AS (DELETE FROM us_capture \
                        WHERE (SELECT {OWN_LOG} FROM us_state WHERE id = 1) \
-                       RETURNING id, epoch, entity, op, key, {IMAGE_COLS}), \
+                       RETURNING id, epoch, {LOG_COLS}), \
              ins AS ( \
-                 INSERT INTO us_changelog (seq, epoch, entity, op, key, {IMAGE_COLS}) \
-                 SELECT b.seq + row_number() OVER (ORDER BY m.id), \
-                        greatest(b.epoch, max(m.epoch) OVER (ORDER BY m.id ROWS UNBOUNDED PRECEDING)), \
-                        m.entity, m.op, m.key, {IMAGE_COLS} \
-                 FROM moved m CROSS JOIN b \
+                 INSERT INTO us_changelog (seq, epoch, {LOG_COLS}) \
+                 SELECT base.seq + row_number() OVER (ORDER BY m.id), \
+                        greatest(base.epoch, max(m.epoch) OVER (ORDER BY m.id ROWS UNBOUNDED PRECEDING)), \
+                        {m} \
+                 FROM moved m CROSS JOIN base \
                  RETURNING seq, epoch) \
              UPDATE us_state SET pos_seq = t.seq, pos_epoch = t.epoch \
              FROM (SELECT max(seq) AS seq, max(epoch) AS epoch, count(*) AS n FROM ins) t \
@@ -332,12 +323,16 @@ fn role_of(s: &str) -> StoreResult<Role> {
 
 impl MemberStore for PgStore {
     async fn init(&self, params: &InitParams) -> StoreResult<InitReport> {
-        schema::init(&self.url, params).await
+        let (report, tables) = schema::init(&self.url, params, &self.spec).await?;
+        self.set_tables(tables);
+        Ok(report)
     }
 
     async fn check_schema(&self) -> StoreResult<()> {
         let c = self.reader.get().await?;
-        schema::check(&*c, &self.url).await
+        let tables = schema::check(&*c, &self.url, &self.spec).await?;
+        self.set_tables(tables);
+        Ok(())
     }
 
     async fn state(&self) -> StoreResult<ReplicationState> {
@@ -461,19 +456,16 @@ impl MemberStore for PgStore {
     ) -> StoreResult<ChangeRead> {
         let after = to_i64(after_seq, "seq")?;
         let limit = i64::try_from(max_changes).unwrap_or(i64::MAX);
+        let tables = self.tables()?;
         let c = self.reader.get().await?;
         // The head and the rows come from one statement, hence one snapshot.
         let sql = format!(
             "WITH h AS (SELECT max(seq) AS head FROM us_changelog) \
-             SELECT h.head, c.seq, c.epoch, c.entity, c.op, c.key, {cols} \
+             SELECT h.head, c.seq, c.epoch, {cols} \
              FROM h LEFT JOIN LATERAL ( \
                  SELECT * FROM us_changelog WHERE seq > $1 ORDER BY seq LIMIT $2) c ON true \
              ORDER BY c.seq",
-            cols = IMAGE_COLS
-                .split(", ")
-                .map(|c| format!("c.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            cols = log_cols_of("c")
         );
         let rows = c
             .query(&sql, &[&after, &limit])
@@ -492,7 +484,7 @@ impl MemberStore for PgStore {
             if seq.is_none() {
                 break;
             }
-            let ch = decode_change(r, 1)?;
+            let ch = decode_change(&tables, r, 1)?;
             let size = ch.approx_bytes();
             if !changes.is_empty() && bytes + size > max_bytes {
                 break;
@@ -509,147 +501,11 @@ impl MemberStore for PgStore {
     }
 
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
-        let mut a = self.apply.lock().await;
-        let a = &mut *a;
-        if a.installing.is_some() {
-            return Err(StoreError::Backend(
-                "a snapshot install is open: changes apply after its commit".into(),
-            ));
-        }
-        if a.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
-            a.conn = None;
-            if a.open.take().is_some() {
-                return Err(StoreError::Unreachable {
-                    url: self.redacted_url(),
-                    reason: "the connection closed with an apply transaction open; \
-                             its changes were rolled back"
-                        .into(),
-                });
-            }
-        }
-        if a.conn.is_none() {
-            let client = conn::connect(&self.url).await?;
-            let stmts = ApplyStmts::prepare(&client)
-                .await
-                .map_err(|e| self.err(&e))?;
-            a.conn = Some((client, stmts));
-        }
-        let Some((client, stmts)) = a.conn.as_ref() else {
-            return Err(StoreError::Backend("apply connection missing".into()));
-        };
-        // Start (or continue) the transaction and learn the applied position.
-        let (applied, fresh) = match a.open {
-            Some(p) => (p, false),
-            None => {
-                // One round trip: open the transaction and read where it
-                // starts. Apply commits do not wait for their WAL flush, as a
-                // logical replication subscriber's do not: the rows and the
-                // position commit or vanish together, so a server crash that
-                // loses the last few hundred milliseconds of applies rewinds
-                // the position with them and the stream resends them (the
-                // SQLite passive's `synchronous = NORMAL` makes the same
-                // trade). Votes, roles and leases are separate transactions
-                // and stay synchronous; their flush also makes every earlier
-                // apply durable.
-                let msgs = client
-                    .simple_query(&format!(
-                        "BEGIN; SET LOCAL understudy.applying = 'on'; \
-                         SET LOCAL synchronous_commit = off; \
-                         SELECT pos_epoch, pos_seq, {LOG_HEAD} FROM us_state WHERE id = 1"
-                    ))
-                    .await;
-                let started = match msgs {
-                    Ok(m) => position_in(&m).and_then(|p| {
-                        p.ok_or_else(|| StoreError::NotInitialised {
-                            url: self.redacted_url(),
-                        })
-                    }),
-                    Err(e) => Err(self.err(&e)),
-                };
-                let p = match started {
-                    Ok(p) => p,
-                    Err(e) => {
-                        Self::rollback_quietly(client).await;
-                        return Err(e);
-                    }
-                };
-                (p, true)
-            }
-        };
-        // Check the whole batch before touching anything: an out-of-order
-        // batch leaves the transaction as it was.
-        let mut reached = applied;
-        let mut todo = Vec::with_capacity(changes.len());
-        for ch in changes {
-            if ch.pos <= reached {
-                continue;
-            }
-            if ch.pos.seq != reached.seq + 1 {
-                if fresh {
-                    Self::rollback_quietly(client).await;
-                }
-                return Err(StoreError::OutOfOrder {
-                    applied: reached,
-                    got: ch.pos,
-                });
-            }
-            to_i64(ch.pos.seq, "seq")?;
-            to_i64(ch.pos.epoch, "epoch")?;
-            reached = ch.pos;
-            todo.push(ch);
-        }
-        a.open = Some(applied);
-        if !commit {
-            if let Err(e) = batch::execute(client, stmts, &todo).await {
-                Self::rollback_quietly(client).await;
-                a.open = None;
-                return Err(self.err(&e));
-            }
-            a.open = Some(reached);
-            return Ok(reached);
-        }
-        // The changes, the position and the COMMIT pipelined in one round
-        // trip, in this order. The changes' statements are prepared, so each
-        // goes out when first polled, and `join` polls them before the
-        // COMMIT's message; the position's UPDATE travels with the COMMIT
-        // in one message (integers only, so formatting them in is safe). An
-        // unprepared statement here would go out behind the COMMIT (it is
-        // parsed first) and commit on its own: the test
-        // `an_apply_commits_rows_and_position_in_one_transaction` checks the
-        // order. If a change fails, the server skips the rest of the message
-        // and the transaction is rolled back below.
-        let (e, s) = (to_i64(reached.epoch, "epoch")?, to_i64(reached.seq, "seq")?);
-        let finish =
-            format!("UPDATE us_state SET pos_epoch = {e}, pos_seq = {s} WHERE id = 1; COMMIT");
-        let (applied_rows, committed) = futures_util::future::join(
-            batch::execute(client, stmts, &todo),
-            client.batch_execute(&finish),
-        )
-        .await;
-        a.open = None;
-        if let Err(e) = applied_rows.and(committed) {
-            Self::rollback_quietly(client).await;
-            return Err(self.err(&e));
-        }
-        Ok(reached)
+        self.apply_pg(changes, commit).await
     }
 
     async fn abort_apply(&self) -> StoreResult<()> {
-        let mut a = self.apply.lock().await;
-        let installing = a.installing.take().is_some();
-        if (a.open.take().is_some() || installing)
-            && let Some((client, _)) = a.conn.as_ref()
-        {
-            if client.is_closed() {
-                a.conn = None;
-                return Ok(());
-            }
-            client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(|e| self.err(&e))?;
-        }
-        Ok(())
+        self.abort_apply_pg().await
     }
 
     async fn set_role(
@@ -771,36 +627,9 @@ impl MemberStore for PgStore {
             .collect()
     }
 
-    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
-        let c = self.reader.get().await?;
-        let mut out = Vec::with_capacity(3);
-        for entity in Entity::ALL {
-            let sql = match entity {
-                Entity::Project => "SELECT name, description, config, updated_at FROM projects",
-                Entity::Job => {
-                    "SELECT id, project, name, group_path, description, definition, schedule, \
-                            schedule_enabled, execution_enabled, owner_member, updated_at FROM jobs"
-                }
-                Entity::Key => "SELECT path, kind, content, meta, updated_at FROM keys",
-            };
-            let no_params: [&(dyn ToSql + Sync); 0] = [];
-            // Streamed: a big table is hashed row by row, never held whole.
-            let stream = c
-                .query_raw(sql, no_params)
-                .await
-                .map_err(|e| self.err(&e))?;
-            pin_mut!(stream);
-            let mut h = TableHasher::default();
-            while let Some(r) = stream.try_next().await.map_err(|e| self.err(&e))? {
-                h.add(&table_row(entity, &r)?);
-            }
-            out.push(TableChecksum {
-                table: entity.table().to_string(),
-                rows: h.rows(),
-                digest: h.digest(),
-            });
-        }
-        Ok(out)
+    fn catalog(&self) -> Arc<Catalog> {
+        let h = self.held.read().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&h.tables.catalog)
     }
 
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool> {
@@ -863,44 +692,21 @@ impl MemberStore for PgStore {
         self.divergent_count_pg().await
     }
 
-    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
-        self.take_over_jobs_pg(from, to).await
+    async fn take_over(
+        &self,
+        table: &TableName,
+        owner_column: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> StoreResult<u64> {
+        self.take_over_pg(table, owner_column, from, to).await
+    }
+
+    async fn advance_id_generators(&self) -> StoreResult<u64> {
+        self.advance_id_generators_pg().await
     }
 
     async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {
         self.merge_epoch_history_pg(recs).await
     }
-}
-
-/// An application-table row as the checksum's row image.
-fn table_row(entity: Entity, r: &Row) -> StoreResult<RowImage> {
-    let g = |e: tokio_postgres::Error| StoreError::Corrupt(format!("{}: {e}", entity.table()));
-    Ok(match entity {
-        Entity::Project => RowImage::Project(ProjectRow {
-            name: r.try_get(0).map_err(g)?,
-            description: r.try_get(1).map_err(g)?,
-            config: r.try_get(2).map_err(g)?,
-            updated_at: r.try_get(3).map_err(g)?,
-        }),
-        Entity::Job => RowImage::Job(JobRow {
-            id: r.try_get(0).map_err(g)?,
-            project: r.try_get(1).map_err(g)?,
-            name: r.try_get(2).map_err(g)?,
-            group_path: r.try_get(3).map_err(g)?,
-            description: r.try_get(4).map_err(g)?,
-            definition: r.try_get(5).map_err(g)?,
-            schedule: r.try_get(6).map_err(g)?,
-            schedule_enabled: r.try_get(7).map_err(g)?,
-            execution_enabled: r.try_get(8).map_err(g)?,
-            owner_member: r.try_get(9).map_err(g)?,
-            updated_at: r.try_get(10).map_err(g)?,
-        }),
-        Entity::Key => RowImage::Key(KeyRow {
-            path: r.try_get(0).map_err(g)?,
-            kind: r.try_get(1).map_err(g)?,
-            content: Secret(r.try_get(2).map_err(g)?),
-            meta: r.try_get(3).map_err(g)?,
-            updated_at: r.try_get(4).map_err(g)?,
-        }),
-    })
 }

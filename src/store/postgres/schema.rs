@@ -1,15 +1,20 @@
 //! The PostgreSQL schema: numbered migrations embedded from
-//! `schemas/postgres/`, the shape check of the application tables, and `init`
-//! (migrate + seed the replication state) in one transaction.
+//! `schemas/postgres/`, the example schema, the shape check of the example
+//! tables, and `init` (migrate, read the captured tables' description,
+//! generate their triggers, seed the replication state) in one transaction.
 //!
 //! Owns: schema versions (`us_schema_version`) and the decision whether an
-//! existing table is ours.
-//! Must never: alter an application table that has another shape; `init`
-//! refuses and leaves the database exactly as it was.
+//! existing example table is ours.
+//! Must never: alter an application table; `init` refuses a table it cannot
+//! capture (or an example table of another shape) and leaves the database
+//! exactly as it was.
 
 use super::conn::{self, query_error};
+use super::values::Tables;
+use super::{capture, catalog};
 use crate::config::redact_url;
 use crate::store::{InitParams, InitReport, StoreError, StoreResult};
+use crate::tables::CaptureSpec;
 use tokio_postgres::GenericClient;
 
 /// One numbered schema file.
@@ -42,12 +47,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_snapshot_due",
         sql: include_str!("../../../schemas/postgres/0004_snapshot_due.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_generic_tables",
+        sql: include_str!("../../../schemas/postgres/0005_generic_tables.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
-pub const LATEST: u32 = 4;
+pub const LATEST: u32 = 5;
 
-/// Columns of the application tables (operator contract), as
+/// The example schema's tables, created by `init` when the config has no
+/// `[capture]` (idempotent).
+pub const EXAMPLE_SQL: &str = include_str!("../../../schemas/postgres/example.sql");
+
+/// Columns of the example tables (operator contract), as
 /// `information_schema.columns.data_type` spells their types.
 const SHAPES: &[(&str, &[(&str, &str)])] = &[
     (
@@ -91,8 +105,9 @@ const SHAPES: &[(&str, &[(&str, &str)])] = &[
 /// harness racing itself): `hashtext('understudy.init')` as a fixed key.
 const INIT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('understudy.init'))";
 
-/// Which application tables exist, checking that those which do have our
-/// shape. Extra columns count as another shape too: they would not replicate.
+/// Which example tables exist, checking that those which do have the
+/// example's shape: drills and workloads write these columns. Extra
+/// columns count as another shape too.
 async fn check_shapes<C: GenericClient>(c: &C, url: &str) -> StoreResult<Vec<&'static str>> {
     let mut present = Vec::new();
     for (table, want) in SHAPES {
@@ -174,9 +189,15 @@ fn newer(url: &str, v: u32) -> StoreError {
     }
 }
 
-/// Create or upgrade the schema and seed the replication state, all in one
-/// transaction on a connection of its own.
-pub(crate) async fn init(url: &str, p: &InitParams) -> StoreResult<InitReport> {
+/// Create or upgrade the schema, generate the captured tables' triggers
+/// and seed the replication state, all in one transaction on a connection
+/// of its own (so no write lands on a captured table uncaptured or
+/// unfenced). Returns the captured tables as it found them.
+pub(crate) async fn init(
+    url: &str,
+    p: &InitParams,
+    spec: &CaptureSpec,
+) -> StoreResult<(InitReport, Tables)> {
     let mut client = conn::connect(url).await?;
     let tx = client
         .transaction()
@@ -185,12 +206,35 @@ pub(crate) async fn init(url: &str, p: &InitParams) -> StoreResult<InitReport> {
     tx.batch_execute(INIT_LOCK)
         .await
         .map_err(|e| query_error(url, &e))?;
-    check_shapes(&tx, url).await?;
+    if spec.example {
+        check_shapes(&tx, url).await?;
+    }
     let from = current_version(&tx, url).await?;
     if from > LATEST {
         return Err(newer(url, from));
     }
-    tx.batch_execute(
+    migrate(&tx, url, from).await?;
+    if spec.example {
+        tx.batch_execute(EXAMPLE_SQL).await.map_err(|e| {
+            StoreError::Backend(format!("the example schema: {}", conn::describe(&e)))
+        })?;
+    }
+    let tables = Tables::new(catalog::read_catalog(&tx, url, spec).await?);
+    capture::sync(&tx, url, &tables).await?;
+    seed(&tx, url, p).await?;
+    tx.commit().await.map_err(|e| query_error(url, &e))?;
+    Ok((
+        InitReport {
+            from_version: from,
+            to_version: LATEST,
+        },
+        tables,
+    ))
+}
+
+/// Run the migrations after version `from`, each with its version row.
+async fn migrate<C: GenericClient>(c: &C, url: &str, from: u32) -> StoreResult<()> {
+    c.batch_execute(
         "CREATE TABLE IF NOT EXISTS us_schema_version (\
              version    integer PRIMARY KEY,\
              name       text    NOT NULL,\
@@ -199,24 +243,19 @@ pub(crate) async fn init(url: &str, p: &InitParams) -> StoreResult<InitReport> {
     .await
     .map_err(|e| query_error(url, &e))?;
     for m in MIGRATIONS.iter().filter(|m| m.version > from) {
-        tx.batch_execute(m.sql).await.map_err(|e| {
+        c.batch_execute(m.sql).await.map_err(|e| {
             StoreError::Backend(format!("schema file {}: {}", m.name, conn::describe(&e)))
         })?;
         let v =
             i32::try_from(m.version).map_err(|_| StoreError::Backend("schema version".into()))?;
-        tx.execute(
+        c.execute(
             "INSERT INTO us_schema_version (version, name) VALUES ($1, $2)",
             &[&v, &m.name],
         )
         .await
         .map_err(|e| query_error(url, &e))?;
     }
-    seed(&tx, url, p).await?;
-    tx.commit().await.map_err(|e| query_error(url, &e))?;
-    Ok(InitReport {
-        from_version: from,
-        to_version: LATEST,
-    })
+    Ok(())
 }
 
 /// Seed the state row and the first epoch on a new database; on an existing
@@ -265,14 +304,22 @@ async fn seed<C: GenericClient>(c: &C, url: &str, p: &InitParams) -> StoreResult
     Ok(())
 }
 
-/// Check the schema is ours and current, changing nothing.
-pub(crate) async fn check<C: GenericClient>(c: &C, url: &str) -> StoreResult<()> {
-    let present = check_shapes(c, url).await?;
+/// Check the schema is ours and current and the captured tables' triggers
+/// match their description, changing nothing. Returns the captured tables
+/// as the catalog describes them now.
+pub(crate) async fn check<C: GenericClient>(
+    c: &C,
+    url: &str,
+    spec: &CaptureSpec,
+) -> StoreResult<Tables> {
+    if spec.example {
+        check_shapes(c, url).await?;
+    }
     let v = current_version(c, url).await?;
     if v > LATEST {
         return Err(newer(url, v));
     }
-    if v < LATEST || present.len() != SHAPES.len() {
+    if v < LATEST {
         return Err(StoreError::NotInitialised {
             url: redact_url(url),
         });
@@ -286,5 +333,7 @@ pub(crate) async fn check<C: GenericClient>(c: &C, url: &str) -> StoreResult<()>
             url: redact_url(url),
         });
     }
-    Ok(())
+    let tables = Tables::new(catalog::read_catalog(c, url, spec).await?);
+    capture::check(c, url, &tables).await?;
+    Ok(tables)
 }

@@ -1,4 +1,4 @@
-//! PostgreSQL snapshots: a consistent chunked read of the application tables
+//! PostgreSQL snapshots: a consistent chunked read of the captured tables
 //! at an exact change-log position (the active's side), and the install of
 //! one in a single transaction on the apply connection (the passive's side).
 //!
@@ -20,11 +20,13 @@
 //! before A commits, then reads the tables through cursors for as long as the
 //! copy takes. A commits at once, so the lock is held for milliseconds.
 
-use super::batch::{Columns, insert_sql};
+use super::batch::{self, InsertError};
 use super::conn::{self, query_error};
-use super::{PgStore, sequence_sql, table_row, to_i64, to_u64};
-use crate::model::{Entity, Position, RowImage};
+use super::values::Tables;
+use super::{PgStore, sequence_sql, to_i64, to_u64};
+use crate::model::{Position, RowImage};
 use crate::store::{StoreError, StoreResult};
+use std::sync::Arc;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -32,29 +34,16 @@ use tokio_postgres::types::ToSql;
 /// Rows fetched per cursor round trip.
 const FETCH_ROWS: usize = 500;
 
-fn cursor_name(e: Entity) -> &'static str {
-    match e {
-        Entity::Project => "us_snap_projects",
-        Entity::Job => "us_snap_jobs",
-        Entity::Key => "us_snap_keys",
-    }
+/// The cursor of the captured table at index `i` of the catalog.
+fn cursor_name(i: usize) -> String {
+    format!("us_snap_{i}")
 }
 
-fn cursor_select(e: Entity) -> &'static str {
-    match e {
-        Entity::Project => "SELECT name, description, config, updated_at FROM projects",
-        Entity::Job => {
-            "SELECT id, project, name, group_path, description, definition, schedule, \
-                    schedule_enabled, execution_enabled, owner_member, updated_at FROM jobs"
-        }
-        Entity::Key => "SELECT path, kind, content, meta, updated_at FROM keys",
-    }
-}
-
-/// A consistent read of projects, jobs and keys (see
+/// A consistent read of the captured tables, parents first (see
 /// [`crate::store::MemberStore::snapshot_reader`]).
 pub struct PgSnapshot {
     url: String,
+    tables: Arc<Tables>,
     /// Holds the read-only transaction B; dropping it ends the transaction.
     client: Client,
     position: Position,
@@ -81,10 +70,10 @@ enum Attempt {
 }
 
 impl PgSnapshot {
-    pub(super) async fn open(url: &str) -> StoreResult<PgSnapshot> {
+    pub(super) async fn open(url: &str, tables: Arc<Tables>) -> StoreResult<PgSnapshot> {
         let mut last = None;
         for attempt in 0..50u64 {
-            match Self::try_open(url).await {
+            match Self::try_open(url, &tables).await {
                 Ok(s) => return Ok(s),
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry) => {
@@ -99,7 +88,7 @@ impl PgSnapshot {
         )))
     }
 
-    async fn try_open(url: &str) -> Result<PgSnapshot, Attempt> {
+    async fn try_open(url: &str, tables: &Arc<Tables>) -> Result<PgSnapshot, Attempt> {
         let fail = |e: &tokio_postgres::Error| {
             if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
                 Attempt::Retry
@@ -150,31 +139,38 @@ impl PgSnapshot {
         .map_err(|e| fail(&e))?;
         a.batch_execute("COMMIT").await.map_err(|e| fail(&e))?;
         drop(a);
+        let counts: Vec<String> = tables
+            .codecs
+            .iter()
+            .map(|t| format!(" + (SELECT count(*) FROM {})", t.sql_name))
+            .collect();
         let total: i64 = b
-            .query_one(
-                "SELECT (SELECT count(*) FROM projects) + (SELECT count(*) FROM jobs) \
-                      + (SELECT count(*) FROM keys)",
-                &[],
-            )
+            .query_one(&format!("SELECT 0::int8{}", counts.concat()), &[])
             .await
             .map_err(|e| fail(&e))?
             .try_get(0)
             .map_err(g)?;
-        let declare: Vec<String> = Entity::ALL
+        let declare: Vec<String> = tables
+            .codecs
             .iter()
-            .map(|e| {
+            .enumerate()
+            .map(|(i, t)| {
                 format!(
-                    "DECLARE {} NO SCROLL CURSOR FOR {}",
-                    cursor_name(*e),
-                    cursor_select(*e)
+                    "DECLARE {} NO SCROLL CURSOR FOR SELECT {} FROM {}",
+                    cursor_name(i),
+                    t.select_list(),
+                    t.sql_name
                 )
             })
             .collect();
-        b.batch_execute(&declare.join("; "))
-            .await
-            .map_err(|e| fail(&e))?;
+        if !declare.is_empty() {
+            b.batch_execute(&declare.join("; "))
+                .await
+                .map_err(|e| fail(&e))?;
+        }
         Ok(PgSnapshot {
             url: url.to_string(),
+            tables: Arc::clone(tables),
             client: b,
             position,
             rows_total: u64::try_from(total).unwrap_or(0),
@@ -198,14 +194,14 @@ impl PgSnapshot {
     ) -> StoreResult<Vec<RowImage>> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        while self.table < Entity::ALL.len() && out.len() < max_rows && bytes < max_bytes {
-            let entity = Entity::ALL[self.table];
+        while self.table < self.tables.codecs.len() && out.len() < max_rows && bytes < max_bytes {
+            let codec = &self.tables.codecs[self.table];
             let by_bytes = ((max_bytes - bytes) / self.avg_row_bytes.max(1)).max(1);
             let want = (max_rows - out.len()).min(FETCH_ROWS).min(by_bytes);
             let rows = self
                 .client
                 .query(
-                    &format!("FETCH FORWARD {want} FROM {}", cursor_name(entity)),
+                    &format!("FETCH FORWARD {want} FROM {}", cursor_name(self.table)),
                     &[],
                 )
                 .await
@@ -215,7 +211,7 @@ impl PgSnapshot {
             }
             let mut page = 0usize;
             for r in &rows {
-                let img = table_row(entity, r)?;
+                let img = codec.image_of_row(r, 0).map_err(StoreError::Corrupt)?;
                 page = page.saturating_add(img.approx_bytes());
                 out.push(img);
             }
@@ -230,7 +226,7 @@ impl PgSnapshot {
 
 impl PgStore {
     pub(super) async fn snapshot_open(&self) -> StoreResult<PgSnapshot> {
-        PgSnapshot::open(&self.url).await
+        PgSnapshot::open(&self.url, self.tables()?).await
     }
 
     /// Open the install transaction on the apply connection (apply flag
@@ -252,24 +248,19 @@ impl PgStore {
         }
         a.open = None;
         a.installing = None;
-        if a.conn.is_none() {
-            let client = conn::connect(&self.url).await?;
-            let stmts = super::batch::ApplyStmts::prepare(&client)
-                .await
-                .map_err(|e| self.err(&e))?;
-            a.conn = Some((client, stmts));
-        }
-        let Some((client, _)) = a.conn.as_ref() else {
+        self.ready_apply_conn(a).await?;
+        let Some((client, stmts)) = a.conn.as_ref() else {
             return Err(StoreError::Backend("apply connection missing".into()));
         };
-        let res = client
-            .batch_execute(
-                "BEGIN; SET LOCAL understudy.applying = 'on'; \
-                 DELETE FROM us_changelog; DELETE FROM us_capture; \
-                 DELETE FROM keys; DELETE FROM jobs; DELETE FROM projects",
-            )
-            .await;
-        if let Err(e) = res {
+        // Children first, so no foreign key is in the way (whatever its
+        // ON DELETE action).
+        let mut sql = "BEGIN; SET LOCAL understudy.applying = 'on'; \
+                       DELETE FROM us_changelog; DELETE FROM us_capture"
+            .to_string();
+        for t in stmts.tables.codecs.iter().rev() {
+            sql.push_str(&format!("; DELETE FROM {}", t.sql_name));
+        }
+        if let Err(e) = client.batch_execute(&sql).await {
             Self::rollback_quietly(client).await;
             return Err(self.err(&e));
         }
@@ -280,7 +271,7 @@ impl PgStore {
     pub(super) async fn install_rows(&self, rows: &[RowImage]) -> StoreResult<()> {
         let mut a = self.apply.lock().await;
         let a = &mut *a;
-        let (Some(_), Some((client, _))) = (a.installing, a.conn.as_ref()) else {
+        let (Some(_), Some((client, stmts))) = (a.installing, a.conn.as_ref()) else {
             return Err(StoreError::Backend(
                 "no snapshot install is open (it was rolled back)".into(),
             ));
@@ -289,15 +280,19 @@ impl PgStore {
         // one round trip per run instead of one per row.
         let mut i = 0;
         while i < rows.len() {
-            let entity = rows[i].entity();
-            let run = rows[i..]
-                .iter()
-                .take_while(|r| r.entity() == entity)
-                .count();
-            if let Err(e) = insert_run(client, entity, &rows[i..i + run]).await {
+            let table = &rows[i].table;
+            let run = rows[i..].iter().take_while(|r| &r.table == table).count();
+            let res = match check_rows(&stmts.tables, &rows[i..i + run]) {
+                Ok(codec) => batch::insert_rows(client, stmts, codec, &rows[i..i + run]).await,
+                Err(why) => Err(InsertError::Shape(why)),
+            };
+            if let Err(e) = res {
                 Self::rollback_quietly(client).await;
                 a.installing = None;
-                return Err(self.err(&e));
+                return Err(match e {
+                    InsertError::Shape(why) => StoreError::Shape(why),
+                    InsertError::Db(e) => self.err(&e),
+                });
             }
             i += run;
         }
@@ -338,11 +333,14 @@ impl PgStore {
     }
 }
 
-async fn insert_run(
-    client: &Client,
-    entity: Entity,
+/// Check a run of snapshot rows of one table against the catalog.
+fn check_rows<'t>(
+    tables: &'t Tables,
     rows: &[RowImage],
-) -> Result<u64, tokio_postgres::Error> {
-    let cols = Columns::of_images(entity, rows.iter());
-    client.execute(insert_sql(entity), &cols.params()).await
+) -> Result<&'t super::values::TableCodec, String> {
+    let mut codec = None;
+    for r in rows {
+        codec = Some(tables.check_image(r)?);
+    }
+    codec.ok_or_else(|| "an empty run of snapshot rows".to_string())
 }

@@ -4,7 +4,7 @@
 //!
 //! Owns: the statements behind [`MemberStore::quarantine_tail`],
 //! `divergence_list`, `resolve_divergence`, `divergent_count`,
-//! `take_over_jobs` and `merge_epoch_history` for SQLite.
+//! `take_over` and `merge_epoch_history` for SQLite.
 //! Must never: touch application rows while rewinding (the caller restores
 //! them from the active), run the takeover past the fence (it is an
 //! ordinary application write, captured and replicated like any other), or
@@ -12,15 +12,20 @@
 //!
 //! [`MemberStore::quarantine_tail`]: crate::store::MemberStore::quarantine_tail
 
-use super::{Writer, err, i64_of, logged_epoch, not_initialised_or, now_ms_sql, position, rows};
-use crate::model::{MemberId, Position, Role};
+use super::rows::{self, Tables, ident, log_width, table_sql};
+use super::{Writer, err, i64_of, logged_epoch, not_initialised_or, position};
+use crate::model::{Position, Role};
 use crate::store::{DivergentChange, EpochRecord, StoreError, StoreResult};
+use crate::tables::TableName;
 use rusqlite::{Connection, params};
 
-/// The quarantine's columns as [`rows::change_from_row`] reads them (the
-/// change-log layout first), then its own.
-const QUARANTINE_COLUMNS: &str = "seq, epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, \
-     id, quarantined_at, reason, resolved";
+/// The value columns `c0..` the change log and the quarantine share.
+fn value_columns(tables: &Tables) -> String {
+    (0..log_width(&tables.catalog))
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Run `f` in a write transaction of its own on the writer, after rolling
 /// back an open apply transaction (a rewind or a state change must never
@@ -52,6 +57,7 @@ fn rusq(url: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 /// See [`crate::store::MemberStore::quarantine_tail`].
 pub(super) fn quarantine_tail(
     w: &mut Writer,
+    tables: &Tables,
     url: &str,
     keep: Position,
     reason: &str,
@@ -110,12 +116,14 @@ pub(super) fn quarantine_tail(
                 held: Position::new(e, keep.seq),
             });
         }
+        let cols = value_columns(tables);
         let moved = c
             .execute(
-                "INSERT INTO us_quarantine (epoch, seq, entity, op, key,
-                     c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, reason)
-                 SELECT epoch, seq, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, ?2
-                 FROM us_changelog WHERE seq > ?1 ORDER BY seq",
+                &format!(
+                    "INSERT INTO us_quarantine (epoch, seq, tbl, op, {cols}, reason)
+                     SELECT epoch, seq, tbl, op, {cols}, ?2
+                     FROM us_changelog WHERE seq > ?1 ORDER BY seq"
+                ),
                 params![keep_seq, reason],
             )
             .map_err(err)?;
@@ -155,11 +163,15 @@ pub(super) fn quarantine_tail(
 /// See [`crate::store::MemberStore::divergence_list`].
 pub(super) fn list(
     c: &Connection,
+    tables: &Tables,
     url: &str,
     include_resolved: bool,
 ) -> StoreResult<Vec<DivergentChange>> {
+    // Its own columns first, then the change-log layout.
     let sql = format!(
-        "SELECT {QUARANTINE_COLUMNS} FROM us_quarantine {} ORDER BY id",
+        "SELECT id, quarantined_at, reason, resolved, seq, epoch, tbl, op, {} \
+         FROM us_quarantine {} ORDER BY id",
+        value_columns(tables),
         if include_resolved {
             ""
         } else {
@@ -170,16 +182,16 @@ pub(super) fn list(
     let mut it = st.query([]).map_err(err)?;
     let mut out = Vec::new();
     while let Some(row) = it.next().map_err(err)? {
-        let change = rows::change_from_row(row)?;
+        let change = rows::change_from_row(tables, row, 4)?;
         let get = |i: usize, what: &str| {
             StoreError::Corrupt(format!("us_quarantine {what} of a row: {i}"))
         };
         out.push(DivergentChange {
-            id: row.get(15).map_err(|_| get(15, "id"))?,
+            id: row.get(0).map_err(|_| get(0, "id"))?,
             change,
-            quarantined_at_ms: row.get(16).map_err(|_| get(16, "quarantined_at"))?,
-            reason: row.get(17).map_err(|_| get(17, "reason"))?,
-            resolved: row.get::<_, i64>(18).map_err(|_| get(18, "resolved"))? != 0,
+            quarantined_at_ms: row.get(1).map_err(|_| get(1, "quarantined_at"))?,
+            reason: row.get(2).map_err(|_| get(2, "reason"))?,
+            resolved: row.get::<_, i64>(3).map_err(|_| get(3, "resolved"))? != 0,
         });
     }
     Ok(out)
@@ -220,26 +232,29 @@ pub(super) fn count(c: &Connection, url: &str) -> StoreResult<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// See [`crate::store::MemberStore::take_over_jobs`]. The writer connection
+/// See [`crate::store::MemberStore::take_over`]. The writer connection
 /// never sets `applying` outside its apply transaction, so the fence and the
 /// capture triggers treat this exactly as an application's write.
-pub(super) fn take_over_jobs(
+pub(super) fn take_over(
     w: &mut Writer,
     url: &str,
-    from: Option<MemberId>,
-    to: MemberId,
+    table: &TableName,
+    column: &str,
+    from: Option<String>,
+    to: String,
 ) -> StoreResult<u64> {
     if from.as_ref() == Some(&to) {
         return Ok(0);
     }
-    in_write_tx(w, url, "take_over_jobs", |c| {
-        // `IS` compares NULL as a value: `IS NULL` for jobs without owner.
+    in_write_tx(w, url, "take_over", |c| {
+        // `IS` compares NULL as a value: `IS NULL` for rows without owner.
         c.execute(
             &format!(
-                "UPDATE jobs SET owner_member = ?1, updated_at = {} WHERE owner_member IS ?2",
-                now_ms_sql()
+                "UPDATE {} SET {col} = ?1 WHERE {col} IS ?2",
+                table_sql(table),
+                col = ident(column)
             ),
-            params![to.as_str(), from.as_ref().map(MemberId::as_str)],
+            params![to, from],
         )
         .map(|n| n as u64)
         .map_err(rusq(url))

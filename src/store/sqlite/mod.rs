@@ -12,11 +12,15 @@
 //! `schemas/sqlite/` and [`schema`]), so they hold for every writer, not only
 //! for this process.
 
+mod capture;
+mod catalog;
 mod checkpoint;
 mod divergence;
+mod legacy;
 mod rows;
 mod schema;
 mod snapshot;
+mod values;
 mod wake;
 
 pub use snapshot::SqliteSnapshot;
@@ -24,16 +28,17 @@ pub use snapshot::SqliteSnapshot;
 #[cfg(test)]
 mod tests;
 
-use super::checksum::TableHasher;
 use super::{
     ChangeRead, DivergentChange, EpochRecord, InitParams, InitReport, MemberStore,
-    ReplicationState, StoreError, StoreResult, TableChecksum, Vote,
+    ReplicationState, StoreError, StoreResult, Vote,
 };
-use crate::model::{Change, Entity, Epoch, MemberId, Position, Role};
+use crate::model::{Change, Epoch, MemberId, Position, Role};
+use crate::tables::{CaptureSpec, Catalog, TableName};
+use rows::Tables;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// SQL for "now" in the database's clock: integer ms since the Unix epoch.
@@ -51,8 +56,9 @@ pub(super) fn err(e: rusqlite::Error) -> StoreError {
 /// How long a connection waits for another writer's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Prepared statements kept per connection.
-const STATEMENT_CACHE: usize = 64;
+/// Prepared statements kept per connection: room for every statement the
+/// apply and read paths run on each captured table.
+const STATEMENT_CACHE: usize = 256;
 
 /// The writer connection and the apply transaction it may hold open.
 struct Writer {
@@ -86,6 +92,11 @@ impl Writer {
 struct Inner {
     path: PathBuf,
     url: String,
+    /// What the config says to capture.
+    spec: CaptureSpec,
+    /// The captured tables and their statements, read from the catalog at
+    /// open and again by `init`.
+    tables: RwLock<Arc<Tables>>,
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
     waiter: wake::CommitWaiter,
@@ -137,21 +148,27 @@ fn connect(path: &Path, url: &str, create: bool) -> StoreResult<Connection> {
 }
 
 impl SqliteStore {
-    /// Open an existing member database (nothing is created or changed).
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(path, false))
+    /// Open an existing member database (nothing is created or changed)
+    /// and read the captured tables' description; a database `init` made
+    /// whose tables cannot be captured is refused here, by name.
+    pub async fn open(path: &Path, spec: &CaptureSpec) -> StoreResult<SqliteStore> {
+        let (path, spec) = (path.to_path_buf(), spec.clone());
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, spec, false))
             .await
             .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
     }
 
     /// Open the database, creating the file and its parent folders when
     /// missing: the path `understudy init` takes.
-    pub async fn create(path: &Path) -> StoreResult<SqliteStore> {
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(path, true))
+    pub async fn create(path: &Path, spec: &CaptureSpec) -> StoreResult<SqliteStore> {
+        let (path, spec) = (path.to_path_buf(), spec.clone());
+        tokio::task::spawn_blocking(move || Self::open_blocking(path, spec, true))
             .await
             .map_err(|e| StoreError::Backend(format!("open task failed: {e}")))?
+    }
+
+    fn tables(&self) -> Arc<Tables> {
+        self.inner.tables()
     }
 
     /// The database file.
@@ -159,7 +176,7 @@ impl SqliteStore {
         &self.inner.path
     }
 
-    fn open_blocking(path: PathBuf, create: bool) -> StoreResult<SqliteStore> {
+    fn open_blocking(path: PathBuf, spec: CaptureSpec, create: bool) -> StoreResult<SqliteStore> {
         let url = url_of(&path);
         if create {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -219,10 +236,17 @@ impl SqliteStore {
             .map_err(err)?;
         let probe = connect(&path, &url, false)?;
         let waiter = wake::CommitWaiter::new(&path, probe)?;
+        let tables = if create {
+            Tables::empty()
+        } else {
+            load_tables(&reader, &url, &spec)?
+        };
         let store = SqliteStore {
             inner: Arc::new(Inner {
                 path,
                 url,
+                spec,
+                tables: RwLock::new(Arc::new(tables)),
                 writer: Mutex::new(Writer {
                     conn: writer,
                     apply: None,
@@ -281,9 +305,14 @@ impl SqliteStore {
     /// `init` stopping at schema version `upto` (tests of upgrades).
     async fn init_upto(&self, params: &InitParams, upto: u32) -> StoreResult<InitReport> {
         let p = params.clone();
+        let inner = self.inner.clone();
         self.with_writer(move |w, url| {
             w.end_apply("init");
-            schema::init(&w.conn, url, &p, upto)
+            let (report, catalog) = schema::init(&w.conn, url, &p, upto, &inner.spec)?;
+            if let Some(c) = catalog {
+                inner.set_tables(tables_of(&w.conn, Arc::new(c))?);
+            }
+            Ok(report)
         })
         .await
     }
@@ -311,6 +340,53 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+impl Inner {
+    fn tables(&self) -> Arc<Tables> {
+        match self.tables.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    fn set_tables(&self, t: Tables) {
+        match self.tables.write() {
+            Ok(mut g) => *g = Arc::new(t),
+            Err(p) => *p.into_inner() = Arc::new(t),
+        }
+    }
+}
+
+/// Whether a table has a rowid (all but `WITHOUT ROWID` tables): snapshots
+/// page by rowid where there is one.
+fn has_rowid(conn: &Connection, t: &TableName) -> bool {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [t.as_str()],
+            |r| r.get(0),
+        )
+        .optional()
+        .ok()
+        .flatten();
+    !sql.is_some_and(|s| s.to_ascii_uppercase().contains("WITHOUT ROWID"))
+}
+
+fn tables_of(conn: &Connection, catalog: Arc<Catalog>) -> StoreResult<Tables> {
+    Ok(Tables::new(catalog, |t| has_rowid(conn, t)))
+}
+
+/// The captured tables of a database `init` made (none before that).
+fn load_tables(conn: &Connection, url: &str, spec: &CaptureSpec) -> StoreResult<Tables> {
+    if schema::version(conn).map_err(err)?.is_none() {
+        return Ok(Tables::empty());
+    }
+    let catalog = catalog::read_catalog(conn, spec).map_err(|source| StoreError::Catalog {
+        url: url.to_string(),
+        source,
+    })?;
+    tables_of(conn, Arc::new(catalog))
 }
 
 /// "no such table" on one of ours means `init` has not run.
@@ -451,6 +527,47 @@ fn logged_epoch(conn: &Connection, seq: i64) -> StoreResult<Option<u64>> {
     e.map(|e| u64_of(e, "epoch")).transpose()
 }
 
+/// Committed changes after `after_seq` (see [`MemberStore::read_changes`]).
+fn read_log(
+    c: &Connection,
+    tables: &Tables,
+    url: &str,
+    after_seq: u64,
+    max_changes: usize,
+    max_bytes: usize,
+) -> StoreResult<ChangeRead> {
+    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+    // One more row than allowed tells whether more remains.
+    let limit = i64::try_from(max_changes.saturating_add(1)).unwrap_or(i64::MAX);
+    let mut st = c
+        .prepare_cached(&format!(
+            "{} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            tables.log_select
+        ))
+        .map_err(|e| not_initialised_or(e, url))?;
+    let mut it = st.query(params![after, limit]).map_err(err)?;
+    let mut out = ChangeRead {
+        changes: Vec::new(),
+        at_head: true,
+    };
+    let mut bytes = 0usize;
+    while let Some(row) = it.next().map_err(err)? {
+        if out.changes.len() >= max_changes {
+            out.at_head = false;
+            break;
+        }
+        let ch = rows::change_from_row(tables, row, 0)?;
+        let size = ch.approx_bytes();
+        if !out.changes.is_empty() && bytes.saturating_add(size) > max_bytes {
+            out.at_head = false;
+            break;
+        }
+        bytes = bytes.saturating_add(size);
+        out.changes.push(ch);
+    }
+    Ok(out)
+}
+
 /// Run one parameterless statement through the connection's statement cache.
 fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
     conn.prepare_cached(sql)
@@ -460,7 +577,7 @@ fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
 }
 
 /// Apply `changes` inside the (possibly already open) apply transaction.
-fn apply_batch(w: &mut Writer, changes: &[Change]) -> StoreResult<Position> {
+fn apply_batch(w: &mut Writer, tables: &Tables, changes: &[Change]) -> StoreResult<Position> {
     let mut pos = match w.apply {
         Some(p) => p,
         None => {
@@ -498,7 +615,7 @@ fn apply_batch(w: &mut Writer, changes: &[Change]) -> StoreResult<Position> {
                 got: ch.pos,
             });
         }
-        rows::apply_change(&w.conn, ch)?;
+        rows::apply_change(&w.conn, tables, ch)?;
         pos = ch.pos;
     }
     if pos != start {
@@ -522,7 +639,11 @@ impl MemberStore for SqliteStore {
     }
 
     async fn check_schema(&self) -> StoreResult<()> {
-        self.with_reader(schema::check_current).await
+        let (tables, example) = (self.tables(), self.inner.spec.example);
+        self.with_reader(move |c, url| {
+            schema::check_current(c, url, tables.catalog.tables(), example)
+        })
+        .await
     }
 
     async fn state(&self) -> StoreResult<ReplicationState> {
@@ -540,42 +661,15 @@ impl MemberStore for SqliteStore {
         max_changes: usize,
         max_bytes: usize,
     ) -> StoreResult<ChangeRead> {
-        self.with_reader(move |c, url| {
-            let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-            // One more row than allowed tells whether more remains. The
-            // statement is one short read transaction, stepped lazily.
-            let limit = i64::try_from(max_changes.saturating_add(1)).unwrap_or(i64::MAX);
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {} FROM us_changelog WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                    rows::LOG_COLUMNS
-                ))
-                .map_err(|e| not_initialised_or(e, url))?;
-            let mut it = st.query(params![after, limit]).map_err(err)?;
-            let mut out = ChangeRead {
-                changes: Vec::new(),
-                at_head: true,
-            };
-            let mut bytes = 0usize;
-            while let Some(row) = it.next().map_err(err)? {
-                let ch = rows::change_from_row(row)?;
-                let size = ch.approx_bytes();
-                let full = out.changes.len() >= max_changes
-                    || (!out.changes.is_empty() && bytes.saturating_add(size) > max_bytes);
-                if full {
-                    out.at_head = false;
-                    break;
-                }
-                bytes = bytes.saturating_add(size);
-                out.changes.push(ch);
-            }
-            Ok(out)
-        })
-        .await
+        let tables = self.tables();
+        // One statement: one short read transaction, stepped lazily.
+        self.with_reader(move |c, url| read_log(c, &tables, url, after_seq, max_changes, max_bytes))
+            .await
     }
 
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
         let changes = changes.to_vec();
+        let tables = self.tables();
         self.with_writer(move |w, url| {
             if w.installing.is_some() {
                 return Err(StoreError::Backend(
@@ -592,7 +686,7 @@ impl MemberStore for SqliteStore {
                     other => other,
                 });
             }
-            let done = apply_batch(w, &changes).and_then(|pos| {
+            let done = apply_batch(w, &tables, &changes).and_then(|pos| {
                 if commit {
                     run_cached(&w.conn, "UPDATE us_state SET applying = 0 WHERE id = 1")?;
                     run_cached(&w.conn, "COMMIT")?;
@@ -628,6 +722,13 @@ impl MemberStore for SqliteStore {
     ) -> StoreResult<()> {
         let active = active.map(|m| m.0.clone());
         let epoch = i64_of(epoch.0, "epoch")?;
+        let names: Vec<TableName> = self
+            .tables()
+            .catalog
+            .tables()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
         self.state_write("set_role", move |c| {
             // Leaving the active role expires the lease, so becoming active
             // again needs a renewal by a running agent.
@@ -637,7 +738,7 @@ impl MemberStore for SqliteStore {
                  WHERE id = 1",
                 params![role.as_str(), epoch, active],
             )?;
-            schema::refresh_fence(c)?;
+            capture::refresh_fence(c, &names)?;
             Ok(())
         })
         .await
@@ -750,29 +851,8 @@ impl MemberStore for SqliteStore {
         .await
     }
 
-    async fn checksums(&self) -> StoreResult<Vec<TableChecksum>> {
-        self.with_reader(|c, _| {
-            // One snapshot for the three tables; a scan, no ORDER BY (the
-            // hash is order-free).
-            let tx = c.unchecked_transaction().map_err(err)?;
-            let mut out = Vec::with_capacity(3);
-            for entity in Entity::ALL {
-                let mut h = TableHasher::default();
-                let mut st = tx.prepare(rows::table_select(entity)).map_err(err)?;
-                let mut it = st.query([]).map_err(err)?;
-                while let Some(row) = it.next().map_err(err)? {
-                    h.add(&rows::image_from_table_row(entity, row)?);
-                }
-                out.push(TableChecksum {
-                    table: entity.table().to_string(),
-                    rows: h.rows(),
-                    digest: h.digest(),
-                });
-            }
-            tx.commit().map_err(err)?;
-            Ok(out)
-        })
-        .await
+    fn catalog(&self) -> Arc<Catalog> {
+        self.tables().catalog.clone()
     }
 
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool> {
@@ -810,19 +890,20 @@ impl MemberStore for SqliteStore {
     }
 
     async fn snapshot_reader(&self) -> StoreResult<crate::store::SnapshotReader> {
-        self.blocking(|inner| SqliteSnapshot::open(&inner.path, &inner.url))
+        self.blocking(|inner| SqliteSnapshot::open(&inner.path, &inner.url, inner.tables()))
             .await
             .map(crate::store::SnapshotReader::Sqlite)
     }
 
     async fn install_snapshot_begin(&self, position: Position) -> StoreResult<()> {
-        self.with_writer(move |w, _| snapshot::install_begin(w, position))
+        let tables = self.tables();
+        self.with_writer(move |w, _| snapshot::install_begin(w, &tables, position))
             .await
     }
 
     async fn install_snapshot_rows(&self, rows: &[crate::model::RowImage]) -> StoreResult<()> {
-        let rows = rows.to_vec();
-        self.with_writer(move |w, _| snapshot::install_rows(w, &rows))
+        let (rows, tables) = (rows.to_vec(), self.tables());
+        self.with_writer(move |w, _| snapshot::install_rows(w, &tables, &rows))
             .await
     }
 
@@ -831,13 +912,16 @@ impl MemberStore for SqliteStore {
     }
 
     async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64> {
-        let reason = reason.to_string();
-        self.with_writer(move |w, url| divergence::quarantine_tail(w, url, keep_upto, &reason))
-            .await
+        let (reason, tables) = (reason.to_string(), self.tables());
+        self.with_writer(move |w, url| {
+            divergence::quarantine_tail(w, &tables, url, keep_upto, &reason)
+        })
+        .await
     }
 
     async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>> {
-        self.with_reader(move |c, url| divergence::list(c, url, include_resolved))
+        let tables = self.tables();
+        self.with_reader(move |c, url| divergence::list(c, &tables, url, include_resolved))
             .await
     }
 
@@ -851,10 +935,30 @@ impl MemberStore for SqliteStore {
         self.with_reader(divergence::count).await
     }
 
-    async fn take_over_jobs(&self, from: Option<&MemberId>, to: &MemberId) -> StoreResult<u64> {
-        let (from, to) = (from.cloned(), to.clone());
-        self.with_writer(move |w, url| divergence::take_over_jobs(w, url, from, to))
+    async fn take_over(
+        &self,
+        table: &TableName,
+        column: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> StoreResult<u64> {
+        let t = self.tables();
+        let desc = t.get(table)?;
+        if desc.desc.column(column).is_none() {
+            return Err(StoreError::Shape(format!(
+                "[takeover] owner_column {column} is not a column of table {table}"
+            )));
+        }
+        let (table, column) = (table.clone(), column.to_string());
+        let (from, to) = (from.map(str::to_string), to.to_string());
+        self.with_writer(move |w, url| divergence::take_over(w, url, &table, &column, from, to))
             .await
+    }
+
+    async fn advance_id_generators(&self) -> StoreResult<u64> {
+        // SQLite moves a rowid table's next rowid and its AUTOINCREMENT
+        // counter past any value inserted, explicit ones included.
+        Ok(0)
     }
 
     async fn merge_epoch_history(&self, recs: &[EpochRecord]) -> StoreResult<u64> {

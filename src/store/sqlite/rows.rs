@@ -1,267 +1,353 @@
-//! Row images between SQLite and the model: decoding change-log rows and
-//! application rows, and the statements that apply a change.
+//! Row images between SQLite and the model: the statements generated from
+//! the table description, decoding change-log and table rows, and applying
+//! a change.
 //!
-//! Owns: the mapping of the change log's typed columns `c1..c10` (documented
-//! in schemas/sqlite/0001_core.sql) and of the application tables' columns.
-//! Must never: put a value into an error message (key content is a secret;
-//! other values are simply not needed to locate a problem: seq and key are).
+//! Owns: [`Tables`] (the catalog with every statement the SQLite paths run
+//! on a captured table, generated once), the change log's row layout
+//! (`seq, epoch, tbl, op, c0..` with values in the table's image layout, see
+//! `schemas/sqlite/0001_core.sql`), reading log entries back into changes,
+//! and the apply of one change.
+//!
+//! The log keeps every upsert's image as it was captured. (Keeping only
+//! keys and reading images from the tables at ship time was tried: a batch
+//! bounded below the head can then carry a child's later image before its
+//! parent's insert, which a PostgreSQL passive's foreign keys refuse.)
 //!
 //! SQLite is loosely typed: an application may store an integer in a TEXT
-//! column or text in a BLOB column. Decoding is tolerant in the same way on
-//! every path (change log, table scan for checksums), so the active and a
-//! passive that applied its changes compute the same images.
+//! column or text in a BLOB column. Decoding (`values::decode`) is tolerant
+//! in the same way on every path (change log, table scan), so the active and
+//! a passive that applied its changes compute the same images.
 
-use crate::model::{
-    Change, ChangeOp, Entity, JobRow, KeyRow, Position, ProjectRow, RowImage, Secret,
-};
+use super::values;
+use crate::model::{Change, ChangeOp, Position, RowImage};
 use crate::store::{StoreError, StoreResult};
-use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, Row, params};
+use crate::tables::{Catalog, PortableType, TableDesc, TableName, Value};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
 
+/// An upsert: the row's image after the change.
 pub(super) const OP_UPSERT: i64 = 1;
+/// A delete: the key only.
 pub(super) const OP_DELETE: i64 = 2;
 
-/// The change-log columns read by [`change_from_row`], in order.
-pub(super) const LOG_COLUMNS: &str =
-    "seq, epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10";
+/// Value columns the change log and the quarantine have at least (the
+/// example schema's widest table has 11 columns).
+pub(super) const MIN_LOG_WIDTH: usize = 11;
 
-fn corrupt(what: &str, at: &str) -> StoreError {
-    StoreError::Corrupt(format!(
-        "{what} at {at} has a value of an unexpected type or is NULL"
-    ))
+/// Quote an identifier for SQLite.
+pub(super) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn opt_text(v: ValueRef<'_>) -> Option<String> {
-    match v {
-        ValueRef::Null => None,
-        ValueRef::Integer(i) => Some(i.to_string()),
-        ValueRef::Real(f) => Some(f.to_string()),
-        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+/// A table name as SQL: SQLite names are never schema-qualified here.
+pub(super) fn table_sql(t: &TableName) -> String {
+    ident(t.as_str())
+}
+
+/// The statements of one captured table, generated from its description.
+#[derive(Debug)]
+pub(super) struct TableSql {
+    pub desc: TableDesc,
+    /// Portable types in image order.
+    pub types: Vec<PortableType>,
+    /// Column names in image order (for messages; computed once, not per
+    /// row).
+    pub names: Vec<String>,
+    /// `INSERT ... ON CONFLICT (key) DO UPDATE` of a full image.
+    pub upsert: String,
+    /// `INSERT` of a full image into an emptied table (snapshot install).
+    pub insert: String,
+    pub delete: String,
+    /// Every row, image order (checksums).
+    pub select_all: String,
+    /// One keyset page: `?1` is the last rowid read, `?2` the page size;
+    /// the rowid is the last column. `None` for WITHOUT ROWID tables.
+    pub page_by_rowid: Option<String>,
+    /// Log insert of an upsert (every value) and of a delete (the key).
+    pub log_upsert: String,
+    pub log_delete: String,
+}
+
+impl TableSql {
+    fn new(desc: &TableDesc, has_rowid: bool) -> TableSql {
+        let cols: Vec<String> = desc
+            .image_columns()
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect();
+        let key: Vec<String> = cols[..desc.key_len()].to_vec();
+        let t = table_sql(&desc.name);
+        let marks = |n: usize, from: usize| {
+            (from..from + n)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let insert = format!(
+            "INSERT INTO {t} ({}) VALUES ({})",
+            cols.join(", "),
+            marks(cols.len(), 1)
+        );
+        let rest: Vec<String> = cols[desc.key_len()..]
+            .iter()
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let on_conflict = if rest.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", rest.join(", "))
+        };
+        let upsert = format!("{insert} ON CONFLICT ({}) {on_conflict}", key.join(", "));
+        let by_key = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{k} = ?{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let delete = format!("DELETE FROM {t} WHERE {by_key}");
+        let select_all = format!("SELECT {} FROM {t}", cols.join(", "));
+        let page_by_rowid = has_rowid.then(|| {
+            format!(
+                "SELECT {}, rowid FROM {t} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                cols.join(", ")
+            )
+        });
+        let log_cols = |n: usize| {
+            (0..n)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let log_insert = |n: usize| {
+            format!(
+                "INSERT INTO us_changelog (seq, epoch, tbl, op, {}) VALUES (?1, ?2, ?3, ?4, {})",
+                log_cols(n),
+                marks(n, 5)
+            )
+        };
+        TableSql {
+            types: desc.image_columns().iter().map(|c| c.ty).collect(),
+            names: desc
+                .image_columns()
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+            upsert,
+            insert,
+            delete,
+            select_all,
+            page_by_rowid,
+            log_upsert: log_insert(cols.len()),
+            log_delete: log_insert(desc.key_len()),
+            desc: desc.clone(),
+        }
     }
 }
 
-fn text(v: ValueRef<'_>, what: &str, at: &str) -> StoreResult<String> {
-    opt_text(v).ok_or_else(|| corrupt(what, at))
+/// The catalog and its statements: what every SQLite path needs to handle
+/// rows of any captured table.
+#[derive(Debug)]
+pub(super) struct Tables {
+    pub catalog: Arc<Catalog>,
+    /// In catalog order (parents first).
+    pub tables: Vec<TableSql>,
+    by_name: HashMap<TableName, usize>,
+    /// `SELECT seq, epoch, tbl, op, c0..` of the change log.
+    pub log_select: String,
 }
 
-fn int(v: ValueRef<'_>, what: &str, at: &str) -> StoreResult<i64> {
-    match v {
-        ValueRef::Integer(i) => Ok(i),
-        ValueRef::Real(f) => Ok(f as i64),
-        ValueRef::Text(b) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| corrupt(what, at)),
-        _ => Err(corrupt(what, at)),
+impl Tables {
+    /// `rowid_tables`: which tables have a rowid (all but WITHOUT ROWID).
+    pub fn new(catalog: Arc<Catalog>, has_rowid: impl Fn(&TableName) -> bool) -> Tables {
+        let tables: Vec<TableSql> = catalog
+            .tables()
+            .iter()
+            .map(|t| TableSql::new(t, has_rowid(&t.name)))
+            .collect();
+        let by_name = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.desc.name.clone(), i))
+            .collect();
+        let log_select = format!("SELECT seq, epoch, tbl, op, {} FROM us_changelog", {
+            (0..log_width(&catalog))
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        Tables {
+            catalog,
+            tables,
+            by_name,
+            log_select,
+        }
+    }
+
+    pub fn empty() -> Tables {
+        Tables::new(Arc::new(Catalog::empty()), |_| true)
+    }
+
+    pub fn get(&self, name: &TableName) -> StoreResult<&TableSql> {
+        self.by_name
+            .get(name)
+            .map(|&i| &self.tables[i])
+            .ok_or_else(|| {
+                StoreError::Shape(format!(
+                    "table {name} is not captured on this member: its [capture] tables or schema differ from the active's"
+                ))
+            })
     }
 }
 
-fn boolean(v: ValueRef<'_>, what: &str, at: &str) -> StoreResult<bool> {
-    Ok(int(v, what, at)? != 0)
+/// How many value columns the change log needs for `catalog`.
+pub(super) fn log_width(catalog: &Catalog) -> usize {
+    catalog
+        .tables()
+        .iter()
+        .map(|t| t.columns.len())
+        .max()
+        .unwrap_or(0)
+        .max(MIN_LOG_WIDTH)
 }
 
-fn bytes(v: ValueRef<'_>, what: &str, at: &str) -> StoreResult<Vec<u8>> {
-    match v {
-        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
-        _ => Err(corrupt(what, at)),
-    }
+/// Where a problem is, computed only when there is one (no allocation per
+/// row on the hot paths).
+type At<'a> = &'a dyn Fn() -> String;
+
+fn corrupt(at: At<'_>, what: &str) -> StoreError {
+    StoreError::Corrupt(format!("{}: {what}", at()))
 }
 
-/// Decode a row image whose key is `key` and whose other columns start at
-/// index `first` of `row`, laid out as the change log's `c1..` columns (the
-/// application tables' columns after the key follow the same order).
-fn image(
-    entity: Entity,
-    key: String,
+/// Decode `n` values of `t` starting at column `first` of `row`.
+fn decode_values(
+    t: &TableSql,
     row: &Row<'_>,
     first: usize,
-    at: &str,
-) -> StoreResult<RowImage> {
-    let c = |i: usize| row.get_ref(first + i).map_err(|_| corrupt("a column", at));
-    Ok(match entity {
-        Entity::Project => RowImage::Project(ProjectRow {
-            name: key,
-            description: opt_text(c(0)?),
-            config: opt_text(c(1)?),
-            updated_at: int(c(2)?, "projects.updated_at", at)?,
-        }),
-        Entity::Job => RowImage::Job(JobRow {
-            id: key,
-            project: text(c(0)?, "jobs.project", at)?,
-            name: text(c(1)?, "jobs.name", at)?,
-            group_path: opt_text(c(2)?),
-            description: opt_text(c(3)?),
-            definition: opt_text(c(4)?),
-            schedule: opt_text(c(5)?),
-            schedule_enabled: boolean(c(6)?, "jobs.schedule_enabled", at)?,
-            execution_enabled: boolean(c(7)?, "jobs.execution_enabled", at)?,
-            owner_member: opt_text(c(8)?),
-            updated_at: int(c(9)?, "jobs.updated_at", at)?,
-        }),
-        Entity::Key => RowImage::Key(KeyRow {
-            path: key,
-            kind: text(c(0)?, "keys.kind", at)?,
-            content: Secret(bytes(c(1)?, "keys.content", at)?),
-            meta: opt_text(c(2)?),
-            updated_at: int(c(3)?, "keys.updated_at", at)?,
-        }),
-    })
+    n: usize,
+    at: At<'_>,
+) -> StoreResult<Vec<Value>> {
+    (0..n)
+        .map(|i| {
+            let v = row
+                .get_ref(first + i)
+                .map_err(|_| corrupt(at, &format!("column {} is missing", t.names[i])))?;
+            values::decode(t.types[i], v).map_err(|why| {
+                corrupt(
+                    at,
+                    &format!("{}.{} ({}): {why}", t.desc.name, t.names[i], t.types[i]),
+                )
+            })
+        })
+        .collect()
 }
 
-/// Decode one change-log row selected with [`LOG_COLUMNS`].
-pub(super) fn change_from_row(row: &Row<'_>) -> StoreResult<Change> {
-    let seq: i64 = row.get(0).map_err(|_| corrupt("seq", "a change-log row"))?;
-    let at = format!("change-log seq {seq}");
-    let epoch = int(
-        row.get_ref(1).map_err(|_| corrupt("epoch", &at))?,
-        "epoch",
-        &at,
-    )?;
-    let code = int(
-        row.get_ref(2).map_err(|_| corrupt("entity", &at))?,
-        "entity",
-        &at,
-    )?;
-    let op = int(row.get_ref(3).map_err(|_| corrupt("op", &at))?, "op", &at)?;
-    let key = text(row.get_ref(4).map_err(|_| corrupt("key", &at))?, "key", &at)?;
-    let entity = Entity::from_code(code)
-        .ok_or_else(|| StoreError::Corrupt(format!("{at}: unknown entity code {code}")))?;
+fn int_at(row: &Row<'_>, i: usize, at: At<'_>, what: &str) -> StoreResult<i64> {
+    row.get::<_, i64>(i)
+        .map_err(|_| corrupt(at, &format!("{what} is not an integer")))
+}
+
+/// Decode one change-log row laid out as `seq, epoch, tbl, op, c0..`
+/// starting at column `first`.
+pub(super) fn change_from_row(tables: &Tables, row: &Row<'_>, first: usize) -> StoreResult<Change> {
+    let seq = int_at(row, first, &|| "a change-log row".to_string(), "seq")?;
+    let at = || format!("change-log seq {seq}");
+    let epoch = int_at(row, first + 1, &at, "epoch")?;
+    let tbl: String = row
+        .get(first + 2)
+        .map_err(|_| corrupt(&at, "the table name is not text"))?;
+    let op = int_at(row, first + 3, &at, "op")?;
+    let t = tables.get(&TableName(tbl))?;
     let pos = Position::new(
-        u64::try_from(epoch).map_err(|_| corrupt("epoch", &at))?,
-        u64::try_from(seq).map_err(|_| corrupt("seq", &at))?,
+        u64::try_from(epoch).map_err(|_| corrupt(&at, "epoch is negative"))?,
+        u64::try_from(seq).map_err(|_| corrupt(&at, "seq is negative"))?,
     );
     let op = match op {
-        OP_UPSERT => ChangeOp::Upsert(image(entity, key, row, 5, &at)?),
-        OP_DELETE => ChangeOp::Delete { entity, key },
-        other => {
-            return Err(StoreError::Corrupt(format!(
-                "{at}: unknown op code {other}"
-            )));
-        }
+        OP_UPSERT => ChangeOp::Upsert(RowImage::new(
+            t.desc.name.clone(),
+            t.desc.key_len(),
+            decode_values(t, row, first + 4, t.types.len(), &at)?,
+        )),
+        OP_DELETE => ChangeOp::Delete {
+            table: t.desc.name.clone(),
+            key: decode_values(t, row, first + 4, t.desc.key_len(), &at)?,
+        },
+        other => return Err(corrupt(&at, &format!("unknown op code {other}"))),
     };
     Ok(Change { pos, op })
 }
 
-/// `SELECT` of every row of an application table, key first, then the other
-/// columns in change-log order.
-pub(super) fn table_select(entity: Entity) -> &'static str {
-    match entity {
-        Entity::Project => "SELECT name, description, config, updated_at FROM projects",
-        Entity::Job => {
-            "SELECT id, project, name, group_path, description, definition, schedule, \
-             schedule_enabled, execution_enabled, owner_member, updated_at FROM jobs"
-        }
-        Entity::Key => "SELECT path, kind, content, meta, updated_at FROM keys",
-    }
+/// Decode one row selected with [`TableSql::select_all`] (or a page).
+pub(super) fn image_from_table_row(t: &TableSql, row: &Row<'_>) -> StoreResult<RowImage> {
+    let at = || format!("a row of table {}", t.desc.name);
+    let values = decode_values(t, row, 0, t.types.len(), &at)?;
+    Ok(RowImage::new(t.desc.name.clone(), t.desc.key_len(), values))
 }
 
-/// Like [`table_select`], with the rowid last, one keyset page at a time:
-/// `?1` is the last rowid read, `?2` the page size. Rowid order is the
-/// table's own storage order, so a page is a short range scan.
-pub(super) fn table_page(entity: Entity) -> &'static str {
-    match entity {
-        Entity::Project => {
-            "SELECT name, description, config, updated_at, rowid FROM projects \
-             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
-        }
-        Entity::Job => {
-            "SELECT id, project, name, group_path, description, definition, schedule, \
-             schedule_enabled, execution_enabled, owner_member, updated_at, rowid FROM jobs \
-             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
-        }
-        Entity::Key => {
-            "SELECT path, kind, content, meta, updated_at, rowid FROM keys \
-             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
-        }
+/// Check a received image (`full`) or key against the table's
+/// description, so a change from a member with another schema fails by
+/// name instead of writing wrong columns.
+fn check_shape(
+    t: &TableSql,
+    values: &[Value],
+    key_len: usize,
+    full: bool,
+    at: At<'_>,
+) -> StoreResult<()> {
+    let want = if full {
+        t.types.len()
+    } else {
+        t.desc.key_len()
+    };
+    if key_len != t.desc.key_len() || values.len() != want {
+        return Err(StoreError::Shape(format!(
+            "{}: {} values with a key of {key_len} for table {}, which has {} columns and a key of {}: the members' schemas differ",
+            at(),
+            values.len(),
+            t.desc.name,
+            t.types.len(),
+            t.desc.key_len()
+        )));
     }
+    Ok(())
 }
 
-/// The index of the rowid column in [`table_page`]'s result.
-pub(super) fn table_page_rowid_index(entity: Entity) -> usize {
-    match entity {
-        Entity::Project => 4,
-        Entity::Job => 11,
-        Entity::Key => 5,
-    }
+/// The SQLite values of `values` (image order), with the column named on
+/// a mismatch.
+fn encode_all<'a>(
+    t: &TableSql,
+    values: &'a [Value],
+    at: At<'_>,
+) -> StoreResult<Vec<ToSqlOutput<'a>>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            values::encode(t.types[i], v).map_err(|why| {
+                StoreError::Shape(format!(
+                    "{}: {}.{} ({}): {why}",
+                    at(),
+                    t.desc.name,
+                    t.names[i],
+                    t.types[i]
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Insert one snapshot row into its (emptied) table. The caller holds the
 /// install transaction with `applying = 1`, so nothing is captured.
-pub(super) fn insert_image(conn: &Connection, img: &RowImage) -> StoreResult<()> {
-    let v = image_values(img);
-    let done = match img {
-        RowImage::Project(p) => conn
-            .prepare_cached(
-                "INSERT INTO projects (name, description, config, updated_at) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .and_then(|mut st| st.execute(params![p.name, v[0], v[1], v[2]])),
-        RowImage::Job(j) => conn
-            .prepare_cached(
-                "INSERT INTO jobs (id, project, name, group_path, description, definition, schedule,
-                 schedule_enabled, execution_enabled, owner_member, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![j.id, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]])
-            }),
-        RowImage::Key(k) => conn
-            .prepare_cached(
-                "INSERT INTO keys (path, kind, content, meta, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .and_then(|mut st| st.execute(params![k.path, v[0], v[1], v[2], v[3]])),
-    };
-    done.map(drop).map_err(|e| {
-        StoreError::Backend(format!(
-            "installing a snapshot row of table {}: {e}",
-            img.entity().table()
-        ))
-    })
-}
-
-/// Decode one row selected with [`table_select`].
-pub(super) fn image_from_table_row(entity: Entity, row: &Row<'_>) -> StoreResult<RowImage> {
-    let at = format!("a row of table {}", entity.table());
-    let key = text(
-        row.get_ref(0).map_err(|_| corrupt("the key", &at))?,
-        "the key",
-        &at,
-    )?;
-    image(entity, key, row, 1, &at)
-}
-
-fn ot(v: &Option<String>) -> Value {
-    v.as_ref().map_or(Value::Null, |s| Value::Text(s.clone()))
-}
-
-/// The `c1..c10` values of an image (unused columns NULL).
-fn image_values(img: &RowImage) -> [Value; 10] {
-    let mut c: [Value; 10] = std::array::from_fn(|_| Value::Null);
-    match img {
-        RowImage::Project(p) => {
-            c[0] = ot(&p.description);
-            c[1] = ot(&p.config);
-            c[2] = Value::Integer(p.updated_at);
-        }
-        RowImage::Job(j) => {
-            c[0] = Value::Text(j.project.clone());
-            c[1] = Value::Text(j.name.clone());
-            c[2] = ot(&j.group_path);
-            c[3] = ot(&j.description);
-            c[4] = ot(&j.definition);
-            c[5] = ot(&j.schedule);
-            c[6] = Value::Integer(i64::from(j.schedule_enabled));
-            c[7] = Value::Integer(i64::from(j.execution_enabled));
-            c[8] = ot(&j.owner_member);
-            c[9] = Value::Integer(j.updated_at);
-        }
-        RowImage::Key(k) => {
-            c[0] = Value::Text(k.kind.clone());
-            c[1] = Value::Blob(k.content.expose().to_vec());
-            c[2] = ot(&k.meta);
-            c[3] = Value::Integer(k.updated_at);
-        }
-    }
-    c
+pub(super) fn insert_image(conn: &Connection, tables: &Tables, img: &RowImage) -> StoreResult<()> {
+    let t = tables.get(&img.table)?;
+    let at = || format!("a snapshot row of table {}", t.desc.name);
+    check_shape(t, &img.values, img.key_len as usize, true, &at)?;
+    let vals = encode_all(t, &img.values, &at)?;
+    conn.prepare_cached(&t.insert)
+        .and_then(|mut st| st.execute(rusqlite::params_from_iter(vals.iter())))
+        .map(drop)
+        .map_err(|e| StoreError::Backend(format!("installing {}: {e}", at())))
 }
 
 fn i64_of(v: u64, what: &str) -> StoreResult<i64> {
@@ -272,91 +358,34 @@ fn i64_of(v: u64, what: &str) -> StoreResult<i64> {
 /// `INSERT OR REPLACE`, which deletes conflicting rows behind the delete
 /// triggers' back) and record it in the change log under its own position.
 /// The caller holds the apply transaction with `applying = 1`.
-pub(super) fn apply_change(conn: &Connection, ch: &Change) -> StoreResult<()> {
-    let at = || {
-        format!(
-            "change {} ({} {})",
-            ch.pos,
-            ch.entity().table(),
-            ch.op_name()
-        )
-    };
+pub(super) fn apply_change(conn: &Connection, tables: &Tables, ch: &Change) -> StoreResult<()> {
+    let t = tables.get(ch.table())?;
+    let at = || format!("change {} ({} {})", ch.pos, t.desc.name, ch.op_name());
     let fail = |e: rusqlite::Error| StoreError::Backend(format!("applying {}: {e}", at()));
-    let (op, vals) = match &ch.op {
+    let (op, values, row_sql, log_sql) = match &ch.op {
         ChangeOp::Upsert(img) => {
-            let v = image_values(img);
-            match img {
-                RowImage::Project(p) => conn
-                    .prepare_cached(
-                        "INSERT INTO projects (name, description, config, updated_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (name) DO UPDATE SET description = excluded.description,
-                         config = excluded.config, updated_at = excluded.updated_at",
-                    )
-                    .and_then(|mut st| st.execute(params![p.name, v[0], v[1], v[2]])),
-                RowImage::Job(j) => conn
-                    .prepare_cached(
-                        "INSERT INTO jobs (id, project, name, group_path, description, definition, schedule,
-                         schedule_enabled, execution_enabled, owner_member, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                         ON CONFLICT (id) DO UPDATE SET project = excluded.project, name = excluded.name,
-                         group_path = excluded.group_path, description = excluded.description,
-                         definition = excluded.definition, schedule = excluded.schedule,
-                         schedule_enabled = excluded.schedule_enabled,
-                         execution_enabled = excluded.execution_enabled,
-                         owner_member = excluded.owner_member, updated_at = excluded.updated_at",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![j.id, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]])
-                    }),
-                RowImage::Key(k) => conn
-                    .prepare_cached(
-                        "INSERT INTO keys (path, kind, content, meta, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (path) DO UPDATE SET kind = excluded.kind, content = excluded.content,
-                         meta = excluded.meta, updated_at = excluded.updated_at",
-                    )
-                    .and_then(|mut st| st.execute(params![k.path, v[0], v[1], v[2], v[3]])),
-            }
-            .map_err(fail)?;
-            (OP_UPSERT, v)
+            check_shape(t, &img.values, img.key_len as usize, true, &at)?;
+            (OP_UPSERT, &img.values, &t.upsert, &t.log_upsert)
         }
-        ChangeOp::Delete { entity, key } => {
-            let sql = match entity {
-                Entity::Project => "DELETE FROM projects WHERE name = ?1",
-                Entity::Job => "DELETE FROM jobs WHERE id = ?1",
-                Entity::Key => "DELETE FROM keys WHERE path = ?1",
-            };
-            conn.prepare_cached(sql)
-                .and_then(|mut st| st.execute([key]))
-                .map_err(fail)?;
-            (OP_DELETE, std::array::from_fn(|_| Value::Null))
+        ChangeOp::Delete { key, .. } => {
+            check_shape(t, key, key.len(), false, &at)?;
+            (OP_DELETE, key, &t.delete, &t.log_delete)
         }
     };
-    let [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10] = vals;
+    let vals = encode_all(t, values, &at)?;
+    conn.prepare_cached(row_sql)
+        .and_then(|mut st| st.execute(rusqlite::params_from_iter(vals.iter())))
+        .map_err(fail)?;
     let seq = i64_of(ch.pos.seq, "seq")?;
     let epoch = i64_of(ch.pos.epoch, "epoch")?;
-    conn.prepare_cached(
-        "INSERT INTO us_changelog (seq, epoch, entity, op, key, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            seq,
-            epoch,
-            ch.entity().code(),
-            op,
-            ch.key(),
-            c1,
-            c2,
-            c3,
-            c4,
-            c5,
-            c6,
-            c7,
-            c8,
-            c9,
-            c10
-        ])
-    })
-    .map_err(fail)?;
+    let head: [ToSqlOutput<'_>; 4] = [
+        ToSqlOutput::from(seq),
+        ToSqlOutput::from(epoch),
+        ToSqlOutput::from(t.desc.name.as_str()),
+        ToSqlOutput::from(op),
+    ];
+    conn.prepare_cached(log_sql)
+        .and_then(|mut st| st.execute(rusqlite::params_from_iter(head.iter().chain(vals.iter()))))
+        .map_err(fail)?;
     Ok(())
 }

@@ -1,21 +1,25 @@
 //! SQLite schema management: the embedded migrations, the shape check that
-//! runs before anything is changed, seeding the replication state, and the
-//! fence triggers (re-generated with the member names in their messages).
+//! runs before anything is changed, seeding the replication state, the
+//! example schema, and keeping the change log and the generated triggers in
+//! step with the captured tables.
 //!
 //! Owns: everything that creates or alters schema objects in a member's
-//! SQLite database.
+//! SQLite database (the trigger texts themselves live in `capture`).
 //! Must never: touch an application table whose shape is not ours, or leave a
 //! migration half applied (each runs in one transaction with its version row).
 
-use super::{err, now_ms_sql};
+use super::{capture, catalog, err, now_ms_sql, rows};
 use crate::store::{InitParams, InitReport, StoreError, StoreResult};
+use crate::tables::{CaptureSpec, Catalog, TableDesc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-/// One numbered schema file.
+/// One numbered schema step: a file, or code where SQL cannot decide
+/// (converting what older versions left).
 pub(super) struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    pub code: Option<fn(&Connection) -> rusqlite::Result<()>>,
 }
 
 /// Applied in order by `init`; never edit a released one, add another.
@@ -24,20 +28,32 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "core",
         sql: include_str!("../../../schemas/sqlite/0001_core.sql"),
+        code: None,
     },
     Migration {
         version: 2,
         name: "quarantine",
         sql: include_str!("../../../schemas/sqlite/0002_quarantine.sql"),
+        code: None,
     },
     Migration {
         version: 3,
         name: "snapshot_due",
         sql: include_str!("../../../schemas/sqlite/0003_snapshot_due.sql"),
+        code: None,
+    },
+    Migration {
+        version: 4,
+        name: "generic_tables",
+        sql: "",
+        code: Some(super::legacy::convert),
     },
 ];
 
-pub(super) const LATEST: u32 = 3;
+pub(super) const LATEST: u32 = 4;
+
+/// The example schema, created by `init` when the config has no [capture].
+const EXAMPLE_SQL: &str = include_str!("../../../schemas/sqlite/example.sql");
 
 const VERSION_TABLE: &str = "us_schema_version";
 
@@ -48,35 +64,9 @@ const VERSION_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS us_schema_version (
 )";
 
 /// The columns (in order) of every table the agent creates or relies on, and
-/// the migration that creates it.
+/// the migration that creates it. The change log and the quarantine are
+/// checked apart (their value columns grow with the captured tables).
 const SHAPES: &[(&str, u32, &[&str])] = &[
-    (
-        "projects",
-        1,
-        &["name", "description", "config", "updated_at"],
-    ),
-    (
-        "jobs",
-        1,
-        &[
-            "id",
-            "project",
-            "name",
-            "group_path",
-            "description",
-            "definition",
-            "schedule",
-            "schedule_enabled",
-            "execution_enabled",
-            "owner_member",
-            "updated_at",
-        ],
-    ),
-    (
-        "keys",
-        1,
-        &["path", "kind", "content", "meta", "updated_at"],
-    ),
     (VERSION_TABLE, 1, &["version", "name", "applied_at"]),
     ("us_snapshot_due", 3, &["id", "reason", "at_ms"]),
     (
@@ -110,53 +100,38 @@ const SHAPES: &[(&str, u32, &[&str])] = &[
             "reason",
         ],
     ),
-    (
-        "us_changelog",
-        1,
-        &[
-            "seq", "epoch", "entity", "op", "key", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8",
-            "c9", "c10",
-        ],
-    ),
-    (
-        "us_quarantine",
-        2,
-        &[
-            "id",
-            "epoch",
-            "seq",
-            "entity",
-            "op",
-            "key",
-            "c1",
-            "c2",
-            "c3",
-            "c4",
-            "c5",
-            "c6",
-            "c7",
-            "c8",
-            "c9",
-            "c10",
-            "quarantined_at",
-            "reason",
-            "resolved",
-        ],
-    ),
 ];
 
-const APP_TABLES: [&str; 3] = ["projects", "jobs", "keys"];
-const OPS: [(&str, &str); 3] = [("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")];
+/// The example schema's tables and their columns: a table of one of these
+/// names with other columns is the application's own, never touched.
+const EXAMPLE_SHAPES: &[(&str, &[&str])] = &[
+    ("projects", &["name", "description", "config", "updated_at"]),
+    (
+        "jobs",
+        &[
+            "id",
+            "project",
+            "name",
+            "group_path",
+            "description",
+            "definition",
+            "schedule",
+            "schedule_enabled",
+            "execution_enabled",
+            "owner_member",
+            "updated_at",
+        ],
+    ),
+    ("keys", &["path", "kind", "content", "meta", "updated_at"]),
+];
 
-/// Names of the capture triggers schema 1 creates: a missing one would lose
-/// changes silently, so `check_schema` insists on all of them.
-fn capture_trigger_names() -> impl Iterator<Item = String> {
-    APP_TABLES
-        .iter()
-        .flat_map(|t| OPS.iter().map(move |(o, _)| format!("us_capture_{t}_{o}")))
-}
+/// The leading columns of the change log and of the quarantine, by format.
+const LOG_HEAD: [&str; 5] = ["seq", "epoch", "tbl", "op", "c0"];
+const QUARANTINE_HEAD: [&str; 6] = ["id", "epoch", "seq", "tbl", "op", "c0"];
+pub(super) const LEGACY_LOG_HEAD: [&str; 5] = ["seq", "epoch", "entity", "op", "key"];
+const LEGACY_QUARANTINE_HEAD: [&str; 6] = ["id", "epoch", "seq", "entity", "op", "key"];
 
-fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+pub(super) fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")?;
     let names = st.query_map([table], |r| r.get::<_, String>(0))?;
     names.collect()
@@ -180,11 +155,14 @@ pub(super) fn version(conn: &Connection) -> rusqlite::Result<Option<u32>> {
 
 /// Refuse tables of our names with another shape, before anything changes.
 /// With `require_all`, a table the current version should have must exist.
+/// With `example`, the example schema's tables, where present, must have
+/// its columns.
 pub(super) fn check_shapes(
     conn: &Connection,
     url: &str,
     version: Option<u32>,
     require_all: bool,
+    example: bool,
 ) -> StoreResult<()> {
     let mismatch = |table: &str, detail: String| StoreError::SchemaMismatch {
         url: url.to_string(),
@@ -203,49 +181,103 @@ pub(super) fn check_shapes(
     }
     for (table, since, want) in SHAPES {
         let got = columns(conn, table).map_err(err)?;
-        let ours = table.starts_with("us_");
-        if got.is_empty() {
-            let expected = version.is_some_and(|v| v >= *since);
-            if require_all && expected {
-                return Err(mismatch(
-                    table,
-                    "the table is missing: restore the database or re-create it with `understudy init`"
-                        .into(),
-                ));
+        check_ours(table, *since, &got, version, require_all, &mismatch)?;
+        if !got.is_empty() && got.iter().map(String::as_str).ne(want.iter().copied()) {
+            return Err(mismatch(table, columns_detail(&got, want)));
+        }
+    }
+    for (table, since, heads) in [
+        ("us_changelog", 1, [&LOG_HEAD[..], &LEGACY_LOG_HEAD[..]]),
+        (
+            "us_quarantine",
+            2,
+            [&QUARANTINE_HEAD[..], &LEGACY_QUARANTINE_HEAD[..]],
+        ),
+    ] {
+        let got = columns(conn, table).map_err(err)?;
+        check_ours(table, since, &got, version, require_all, &mismatch)?;
+        // Before schema 4 a database may still hold the fixed-table format.
+        let allowed = if version.unwrap_or(0) >= 4 { 1 } else { 2 };
+        let fits = |head: &[&str]| {
+            got.iter()
+                .map(String::as_str)
+                .take(head.len())
+                .eq(head.iter().copied())
+        };
+        if !got.is_empty() && !heads[..allowed].iter().any(|h| fits(h)) {
+            return Err(mismatch(table, columns_detail(&got, heads[0])));
+        }
+    }
+    if example {
+        for (table, want) in EXAMPLE_SHAPES {
+            let got = columns(conn, table).map_err(err)?;
+            if !got.is_empty() && got.iter().map(String::as_str).ne(want.iter().copied()) {
+                return Err(mismatch(table, columns_detail(&got, want)));
             }
-            continue;
-        }
-        if ours && version.is_none() && *table != VERSION_TABLE {
-            return Err(mismatch(
-                table,
-                "it exists but the database has no us_schema_version table: it was not made by understudy init".into(),
-            ));
-        }
-        if ours && version.is_some_and(|v| v < *since) {
-            return Err(mismatch(
-                table,
-                format!(
-                    "it exists but schema version {} does not create it",
-                    version.unwrap_or(0)
-                ),
-            ));
-        }
-        if got.iter().map(String::as_str).ne(want.iter().copied()) {
-            return Err(mismatch(
-                table,
-                format!(
-                    "columns ({}), expected ({})",
-                    got.join(", "),
-                    want.join(", ")
-                ),
-            ));
         }
     }
     Ok(())
 }
 
-/// `check_schema`: ours, current, complete (tables, state row, triggers).
-pub(super) fn check_current(conn: &Connection, url: &str) -> StoreResult<()> {
+fn columns_detail(got: &[String], want: &[&str]) -> String {
+    format!(
+        "columns ({}), expected ({}{})",
+        got.join(", "),
+        want.join(", "),
+        if want.last() == Some(&"c0") {
+            ", ..."
+        } else {
+            ""
+        }
+    )
+}
+
+/// An agent table must exist when the version says so (with
+/// `require_all`), and may exist only in a database `init` made.
+fn check_ours(
+    table: &str,
+    since: u32,
+    got: &[String],
+    version: Option<u32>,
+    require_all: bool,
+    mismatch: &dyn Fn(&str, String) -> StoreError,
+) -> StoreResult<()> {
+    if got.is_empty() {
+        if require_all && version.is_some_and(|v| v >= since) {
+            return Err(mismatch(
+                table,
+                "the table is missing: restore the database or re-create it with `understudy init`"
+                    .into(),
+            ));
+        }
+        return Ok(());
+    }
+    if version.is_none() && table != VERSION_TABLE {
+        return Err(mismatch(
+            table,
+            "it exists but the database has no us_schema_version table: it was not made by understudy init".into(),
+        ));
+    }
+    if version.is_some_and(|v| v < since) {
+        return Err(mismatch(
+            table,
+            format!(
+                "it exists but schema version {} does not create it",
+                version.unwrap_or(0)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `check_schema`: ours, current, complete (tables, state row, and every
+/// trigger the captured `tables` need).
+pub(super) fn check_current(
+    conn: &Connection,
+    url: &str,
+    tables: &[TableDesc],
+    example: bool,
+) -> StoreResult<()> {
     let v = match version(conn).map_err(err)? {
         None => {
             return Err(StoreError::NotInitialised {
@@ -263,7 +295,7 @@ pub(super) fn check_current(conn: &Connection, url: &str) -> StoreResult<()> {
             ),
         });
     }
-    check_shapes(conn, url, Some(v), true)?;
+    check_shapes(conn, url, Some(v), true, example)?;
     let has_state: bool = conn
         .query_row(
             "SELECT EXISTS (SELECT 1 FROM us_state WHERE id = 1)",
@@ -279,15 +311,14 @@ pub(super) fn check_current(conn: &Connection, url: &str) -> StoreResult<()> {
     let mut st = conn
         .prepare("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1)")
         .map_err(err)?;
-    for name in capture_trigger_names().chain(fence_triggers("", "", None).map(|(n, _)| n)) {
+    for (table, name) in capture::required_names(tables) {
         let present: bool = st.query_row([&name], |r| r.get(0)).map_err(err)?;
         if !present {
-            let table = name.split('_').nth(2).unwrap_or("?").to_string();
             return Err(StoreError::SchemaMismatch {
                 url: url.to_string(),
                 table,
                 detail: format!(
-                    "trigger {name} is missing, so changes would be lost or writes not fenced; restore it from a backup or re-create the database"
+                    "trigger {name} is missing, so changes would be lost or writes not fenced; run `understudy init --config FILE` to re-create it"
                 ),
             });
         }
@@ -295,78 +326,46 @@ pub(super) fn check_current(conn: &Connection, url: &str) -> StoreResult<()> {
     Ok(())
 }
 
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// The message of a write refused because this member is not the active one.
-pub(super) fn role_message(member: &str, role: &str, active: Option<&str>) -> String {
-    let role = if role == "active" { "not active" } else { role };
-    format!(
-        "understudy: write refused: member {member} is {role}; the active member is {}",
-        active.unwrap_or("unknown")
-    )
-}
-
-/// The message of a write refused because the active's lease ran out.
-pub(super) fn lease_message(member: &str) -> String {
-    format!(
-        "understudy: write refused: the lease of this active member ({member}) ran out (its agent is not renewing it); writes resume when the agent renews it or another member is promoted"
-    )
-}
-
-/// `(name, CREATE TRIGGER ...)` of every fence trigger. RAISE takes only a
-/// literal, so the names are written into the trigger text; `set_role`
-/// re-creates them in the transaction that changes the role.
-pub(super) fn fence_triggers(
-    member: &str,
-    role: &str,
-    active: Option<&str>,
-) -> impl Iterator<Item = (String, String)> {
-    let role_msg = sql_literal(&role_message(member, role, active));
-    let lease_msg = sql_literal(&lease_message(member));
-    let now = now_ms_sql();
-    APP_TABLES.iter().flat_map(move |t| {
-        let role_msg = role_msg.clone();
-        let lease_msg = lease_msg.clone();
-        OPS.iter().map(move |(o, verb)| {
-            let name = format!("us_fence_{t}_{o}");
-            let sql = format!(
-                "CREATE TRIGGER {name} BEFORE {verb} ON {t} BEGIN\n    \
-                 SELECT RAISE(ABORT, {role_msg}) FROM us_state WHERE applying = 0 AND role <> 'active';\n    \
-                 SELECT RAISE(ABORT, {lease_msg}) FROM us_state WHERE applying = 0 AND role = 'active' AND lease_until < {now};\n\
-                 END"
-            );
-            (name, sql)
-        })
-    })
-}
-
-/// Re-create the fence triggers from the state row, unless they already say
-/// exactly that (so a repeated `init` changes nothing). Runs inside the
-/// caller's transaction.
-pub(super) fn refresh_fence(conn: &Connection) -> rusqlite::Result<bool> {
-    let (member, role, active): (String, String, Option<String>) = conn.query_row(
-        "SELECT member, role, active FROM us_state WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let mut changed = false;
-    for (name, sql) in fence_triggers(&member, &role, active.as_deref()) {
-        let current: Option<String> = conn
-            .query_row(
-                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                [&name],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if current.as_deref() == Some(sql.as_str()) {
-            continue;
+/// Give the change log and the quarantine at least `width` value columns
+/// (`c0..`): a captured table wider than the log needs room for its image.
+fn ensure_width(conn: &Connection, width: usize) -> rusqlite::Result<()> {
+    for table in ["us_changelog", "us_quarantine"] {
+        let have = columns(conn, table)?
+            .iter()
+            .filter(|c| c.starts_with('c') && c[1..].parse::<usize>().is_ok())
+            .count();
+        for i in have..width {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN c{i}"))?;
         }
-        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {name};\n{sql};"))?;
-        changed = true;
     }
-    Ok(changed)
+    Ok(())
+}
+
+/// Bring the captured tables in: create the example schema when asked,
+/// read the tables' description from the catalog, widen the log for them,
+/// and generate their capture, cascade and fence triggers (dropping those
+/// of tables no longer captured). Runs in the caller's write transaction,
+/// so no write lands on a captured table uncaptured or unfenced.
+fn sync_capture(conn: &Connection, url: &str, spec: &CaptureSpec) -> StoreResult<Catalog> {
+    {
+        if spec.example {
+            conn.execute_batch(EXAMPLE_SQL).map_err(err)?;
+        }
+        let cat = catalog::read_catalog(conn, spec).map_err(|source| StoreError::Catalog {
+            url: url.to_string(),
+            source,
+        })?;
+        ensure_width(conn, rows::log_width(&cat)).map_err(err)?;
+        capture::sync(
+            conn,
+            &["us_capture_", "us_cascade_"],
+            &capture::capture_and_cascade(cat.tables()),
+        )
+        .map_err(err)?;
+        let names: Vec<_> = cat.tables().iter().map(|t| t.name.clone()).collect();
+        capture::refresh_fence(conn, &names).map_err(err)?;
+        Ok(cat)
+    }
 }
 
 /// Seed the replication state of a new member (inside migration 1's
@@ -424,93 +423,91 @@ fn rollback(conn: &Connection) {
     }
 }
 
-/// Create or upgrade the schema up to `upto`, seed the state, refresh the
-/// fence. Each migration runs in its own transaction with its version row.
+/// Create or upgrade the schema up to `upto` and seed the state; at the
+/// latest version also bring the captured tables in (see
+/// [`sync_capture`]). Everything runs in ONE write transaction with the
+/// version rows: a failure leaves the database as it was, and no write can
+/// land on a captured table between a migration and its triggers.
 pub(super) fn init(
     conn: &Connection,
     url: &str,
     p: &InitParams,
     upto: u32,
-) -> StoreResult<InitReport> {
+    spec: &CaptureSpec,
+) -> StoreResult<(InitReport, Option<Catalog>)> {
     let from = version(conn).map_err(err)?;
-    check_shapes(conn, url, from, false)?;
+    check_shapes(conn, url, from, false, spec.example)?;
     if from.is_some() {
         check_identity(conn, url, p)?;
     }
-    let from = from.unwrap_or(0);
+    ensure_wal(conn, url)?;
+    let run = || -> StoreResult<(InitReport, Option<Catalog>)> {
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        // Another init may have run meanwhile: read the version under the lock.
+        let from = version(conn).map_err(err)?.unwrap_or(0);
+        conn.execute_batch(VERSION_TABLE_SQL).map_err(err)?;
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| m.version > from && m.version <= upto)
+        {
+            migrate(conn, m, p)?;
+        }
+        let to = upto.max(from);
+        let catalog = if to >= LATEST {
+            Some(sync_capture(conn, url, spec)?)
+        } else {
+            None
+        };
+        conn.execute_batch("COMMIT").map_err(err)?;
+        Ok((
+            InitReport {
+                from_version: from,
+                to_version: to,
+            },
+            catalog,
+        ))
+    };
+    run().inspect_err(|_| rollback(conn))
+}
+
+/// One migration inside `init`'s transaction, with its version row.
+fn migrate(conn: &Connection, m: &Migration, p: &InitParams) -> StoreResult<()> {
+    let steps = || -> rusqlite::Result<()> {
+        conn.execute_batch(m.sql)?;
+        m.code.map_or(Ok(()), |code| code(conn))
+    };
+    steps().map_err(|e| {
+        StoreError::Backend(format!("schema migration {} ({}): {e}", m.version, m.name))
+    })?;
+    if m.version == 1 {
+        seed(conn, p).map_err(err)?;
+    }
+    conn.execute(
+        &format!(
+            "INSERT INTO us_schema_version (version, name, applied_at) VALUES (?1, ?2, {})",
+            now_ms_sql()
+        ),
+        params![m.version, m.name],
+    )
+    .map_err(err)?;
+    Ok(())
+}
+
+/// WAL lets the agent read while applications write.
+fn ensure_wal(conn: &Connection, url: &str) -> StoreResult<()> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .map_err(err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        let set: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(err)?;
-        if !set.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
-                "database {url} cannot use WAL journal mode (got {set}); is it on a network file system?"
-            )));
-        }
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
     }
-    let mut to = from;
-    for m in MIGRATIONS
-        .iter()
-        .filter(|m| m.version > from && m.version <= upto)
-    {
-        let step = || -> StoreResult<bool> {
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-            // Another init may have run meanwhile: re-read under the lock.
-            let now = version(conn).map_err(err)?.unwrap_or(0);
-            if now >= m.version {
-                return Ok(false);
-            }
-            conn.execute_batch(VERSION_TABLE_SQL).map_err(err)?;
-            conn.execute_batch(m.sql).map_err(|e| {
-                StoreError::Backend(format!("schema migration {} ({}): {e}", m.version, m.name))
-            })?;
-            if m.version == 1 {
-                seed(conn, p).map_err(err)?;
-            }
-            conn.execute(
-                &format!(
-                    "INSERT INTO us_schema_version (version, name, applied_at) VALUES (?1, ?2, {})",
-                    now_ms_sql()
-                ),
-                params![m.version, m.name],
-            )
-            .map_err(err)?;
-            if m.version == 1 {
-                refresh_fence(conn).map_err(err)?;
-            }
-            conn.execute_batch("COMMIT").map_err(err)?;
-            Ok(true)
-        };
-        match step() {
-            Ok(true) => to = m.version,
-            Ok(false) => {
-                rollback(conn);
-                to = m.version;
-            }
-            Err(e) => {
-                rollback(conn);
-                return Err(e);
-            }
-        }
+    let set: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !set.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "database {url} cannot use WAL journal mode (got {set}); is it on a network file system?"
+        )));
     }
-    // An existing database: bring the fence in line with the state row (a
-    // no-op unless a trigger was dropped or changed by hand).
-    if from >= 1 {
-        let refresh = || -> StoreResult<()> {
-            conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
-            refresh_fence(conn).map_err(err)?;
-            conn.execute_batch("COMMIT").map_err(err)
-        };
-        if let Err(e) = refresh() {
-            rollback(conn);
-            return Err(e);
-        }
-    }
-    Ok(InitReport {
-        from_version: from,
-        to_version: to.max(from),
-    })
+    Ok(())
 }

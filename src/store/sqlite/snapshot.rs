@@ -1,4 +1,4 @@
-//! SQLite snapshots: a consistent chunked read of the application tables
+//! SQLite snapshots: a consistent chunked read of the captured tables
 //! (the active's side) and the install of one in a single write transaction
 //! (the passive's side).
 //!
@@ -14,23 +14,34 @@
 //! snapshot, so the WAL grows for the duration of the copy and is truncated
 //! by the next checkpoint after it.
 
-use super::{Writer, connect, err, i64_of, not_initialised_or, position, rows};
-use crate::model::{Entity, Position, RowImage};
+use super::rows::{self, TableSql, Tables};
+use super::{Writer, connect, err, i64_of, not_initialised_or, position};
+use crate::model::{Position, RowImage};
 use crate::store::{StoreError, StoreResult};
 use rusqlite::{Connection, params};
 use std::path::Path;
+use std::sync::Arc;
 
-/// A consistent read of projects, jobs and keys (see
+/// A consistent read of the captured tables (see
 /// [`crate::store::MemberStore::snapshot_reader`]).
 pub struct SqliteSnapshot {
     /// `None` only while a chunk is being read on the blocking pool.
     conn: Option<Connection>,
+    tables: Arc<Tables>,
     position: Position,
     rows_total: u64,
-    /// Index into [`Entity::ALL`] of the table being read.
+    /// Index into the catalog (parents first) of the table being read.
     table: usize,
-    /// Last rowid read in that table (keyset pagination).
-    after_rowid: i64,
+    /// Where to continue in that table (keyset pagination).
+    after: Cursor,
+}
+
+/// How far a table has been read: by rowid, or (WITHOUT ROWID tables) an
+/// OFFSET into the key order (such tables are rare and small in practice).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursor {
+    rowid: i64,
+    offset: i64,
 }
 
 impl std::fmt::Debug for SqliteSnapshot {
@@ -46,7 +57,7 @@ impl SqliteSnapshot {
     /// Open a connection and pin its read transaction: the first read inside
     /// `BEGIN` fixes the snapshot, and the position and row counts are read
     /// in it, so they describe exactly the rows the chunks will return.
-    pub(super) fn open(path: &Path, url: &str) -> StoreResult<SqliteSnapshot> {
+    pub(super) fn open(path: &Path, url: &str, tables: Arc<Tables>) -> StoreResult<SqliteSnapshot> {
         let conn = connect(path, url, false)?;
         conn.execute_batch("PRAGMA query_only = ON; BEGIN")
             .map_err(err)?;
@@ -56,20 +67,24 @@ impl SqliteSnapshot {
             },
             other => other,
         })?;
-        let total: i64 = conn
-            .query_row(
-                "SELECT (SELECT count(*) FROM projects) + (SELECT count(*) FROM jobs)
-                        + (SELECT count(*) FROM keys)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| not_initialised_or(e, url))?;
+        let mut total = 0i64;
+        for t in &tables.tables {
+            let n: i64 = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", rows::table_sql(&t.desc.name)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| not_initialised_or(e, url))?;
+            total += n;
+        }
         Ok(SqliteSnapshot {
             conn: Some(conn),
+            tables,
             position,
             rows_total: u64::try_from(total).unwrap_or(0),
             table: 0,
-            after_rowid: 0,
+            after: Cursor::default(),
         })
     }
 
@@ -86,15 +101,15 @@ impl SqliteSnapshot {
         max_rows: usize,
         max_bytes: usize,
     ) -> StoreResult<Vec<RowImage>> {
-        if self.table >= Entity::ALL.len() {
+        if self.table >= self.tables.tables.len() {
             return Ok(Vec::new());
         }
         let conn = self.conn.take().ok_or_else(|| {
             StoreError::Backend("the snapshot reader was lost by an earlier failure".into())
         })?;
-        let (table, after) = (self.table, self.after_rowid);
+        let (table, after, tables) = (self.table, self.after, self.tables.clone());
         let (conn, res) = tokio::task::spawn_blocking(move || {
-            let res = read_chunk(&conn, table, after, max_rows, max_bytes);
+            let res = read_chunk(&conn, &tables, table, after, max_rows, max_bytes);
             (conn, res)
         })
         .await
@@ -102,47 +117,79 @@ impl SqliteSnapshot {
         self.conn = Some(conn);
         let (rows, table, after) = res?;
         self.table = table;
-        self.after_rowid = after;
+        self.after = after;
         Ok(rows)
     }
 }
 
 /// Read up to `max_rows` rows (about `max_bytes`) from table index `table`
-/// on, after `after` rowid. Returns the rows and where to continue.
+/// on, after `after`. Returns the rows and where to continue.
 fn read_chunk(
     conn: &Connection,
+    tables: &Tables,
     mut table: usize,
-    mut after: i64,
+    mut after: Cursor,
     max_rows: usize,
     max_bytes: usize,
-) -> StoreResult<(Vec<RowImage>, usize, i64)> {
+) -> StoreResult<(Vec<RowImage>, usize, Cursor)> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    while table < Entity::ALL.len() && out.len() < max_rows && bytes < max_bytes {
-        let entity = Entity::ALL[table];
+    while table < tables.tables.len() && out.len() < max_rows && bytes < max_bytes {
+        let t = &tables.tables[table];
         let want = max_rows - out.len();
-        let mut st = conn.prepare_cached(rows::table_page(entity)).map_err(err)?;
-        let mut it = st
-            .query(params![after, i64::try_from(want).unwrap_or(i64::MAX)])
-            .map_err(err)?;
-        let mut n = 0usize;
-        while let Some(row) = it.next().map_err(err)? {
-            let img = rows::image_from_table_row(entity, row)?;
-            after = row.get(rows::table_page_rowid_index(entity)).map_err(err)?;
-            n += 1;
-            bytes = bytes.saturating_add(img.approx_bytes());
-            out.push(img);
-            if bytes >= max_bytes {
-                break;
-            }
-        }
+        let n = read_page(conn, t, &mut after, want, max_bytes, &mut bytes, &mut out)?;
         if n < want && bytes < max_bytes {
             // The table is exhausted: go on with the next one.
             table += 1;
-            after = 0;
+            after = Cursor::default();
         }
     }
     Ok((out, table, after))
+}
+
+/// One page of `t` after `after` (moved on past what was read).
+fn read_page(
+    conn: &Connection,
+    t: &TableSql,
+    after: &mut Cursor,
+    want: usize,
+    max_bytes: usize,
+    bytes: &mut usize,
+    out: &mut Vec<RowImage>,
+) -> StoreResult<usize> {
+    let limit = i64::try_from(want).unwrap_or(i64::MAX);
+    let by_offset;
+    let (sql, arg) = match &t.page_by_rowid {
+        Some(sql) => (sql.as_str(), after.rowid),
+        None => {
+            by_offset = format!(
+                "{} ORDER BY {} LIMIT ?2 OFFSET ?1",
+                t.select_all,
+                (1..=t.desc.key_len())
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            (by_offset.as_str(), after.offset)
+        }
+    };
+    let mut st = conn.prepare_cached(sql).map_err(err)?;
+    let mut it = st.query(params![arg, limit]).map_err(err)?;
+    let mut n = 0usize;
+    while let Some(row) = it.next().map_err(err)? {
+        let img = rows::image_from_table_row(t, row)?;
+        if t.page_by_rowid.is_some() {
+            after.rowid = row.get(t.types.len()).map_err(err)?;
+        }
+        after.offset += 1;
+        n += 1;
+        *bytes = bytes.saturating_add(img.approx_bytes());
+        out.push(img);
+        if *bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 /// Page cache of the writer during an install, in KiB.
@@ -153,9 +200,13 @@ pub(super) fn reset_cache(conn: &Connection) {
     let _ = conn.execute_batch("PRAGMA cache_size = -2000");
 }
 
-/// Open the install transaction on the writer and empty the application
-/// tables and the change log inside it.
-pub(super) fn install_begin(w: &mut Writer, position: Position) -> StoreResult<()> {
+/// Open the install transaction on the writer and empty the captured
+/// tables (children first) and the change log inside it.
+pub(super) fn install_begin(
+    w: &mut Writer,
+    tables: &Tables,
+    position: Position,
+) -> StoreResult<()> {
     w.end_apply("snapshot install");
     let run = || -> rusqlite::Result<()> {
         // A bigger page cache for the install's one large transaction (the
@@ -163,14 +214,13 @@ pub(super) fn install_begin(w: &mut Writer, position: Position) -> StoreResult<(
         // and set back at the end.
         w.conn
             .execute_batch(&format!("PRAGMA cache_size = -{INSTALL_CACHE_KB}"))?;
-        w.conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             UPDATE us_state SET applying = 1 WHERE id = 1;
-             DELETE FROM keys;
-             DELETE FROM jobs;
-             DELETE FROM projects;
-             DELETE FROM us_changelog;",
-        )
+        let mut sql =
+            String::from("BEGIN IMMEDIATE; UPDATE us_state SET applying = 1 WHERE id = 1;");
+        for t in tables.tables.iter().rev() {
+            sql.push_str(&format!("DELETE FROM {};", rows::table_sql(&t.desc.name)));
+        }
+        sql.push_str("DELETE FROM us_changelog;");
+        w.conn.execute_batch(&sql)
     };
     if let Err(e) = run() {
         if !w.conn.is_autocommit() {
@@ -182,13 +232,15 @@ pub(super) fn install_begin(w: &mut Writer, position: Position) -> StoreResult<(
     Ok(())
 }
 
-pub(super) fn install_rows(w: &mut Writer, rows: &[RowImage]) -> StoreResult<()> {
+pub(super) fn install_rows(w: &mut Writer, tables: &Tables, rows: &[RowImage]) -> StoreResult<()> {
     if w.installing.is_none() {
         return Err(StoreError::Backend(
             "no snapshot install is open (it was rolled back)".into(),
         ));
     }
-    let res = rows.iter().try_for_each(|r| rows::insert_image(&w.conn, r));
+    let res = rows
+        .iter()
+        .try_for_each(|r| rows::insert_image(&w.conn, tables, r));
     if res.is_err() {
         w.end_apply("snapshot install failed");
     }

@@ -3,7 +3,7 @@
 //! writer processes, schema upgrades and refusals, and commit wake-ups.
 
 use super::*;
-use crate::model::ChangeOp;
+use crate::model::{ChangeOp, key_text};
 use crate::store::conformance::Backend;
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -41,13 +41,17 @@ impl Backend for SqliteBackend {
     async fn fresh(&self) -> (PathBuf, SqliteStore) {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
         let path = self.dir.path().join(format!("m{n}/member.db"));
-        let s = SqliteStore::create(&path).await.expect("create");
+        let s = SqliteStore::create(&path, &CaptureSpec::example())
+            .await
+            .expect("create");
         (path, s)
     }
 
     async fn reopen(&self, db: &PathBuf, store: SqliteStore) -> SqliteStore {
         drop(store);
-        SqliteStore::open(db).await.expect("reopen")
+        SqliteStore::open(db, &CaptureSpec::example())
+            .await
+            .expect("reopen")
     }
 
     async fn app_exec(&self, db: &PathBuf, sql: &str) -> Result<(), String> {
@@ -96,7 +100,9 @@ fn params(member: &str, initial: &str) -> InitParams {
 /// A new member database at `path`, initialised as `member` of a cluster
 /// whose initial active is `initial`.
 async fn initialised(path: &Path, member: &str, initial: &str) -> SqliteStore {
-    let s = SqliteStore::create(path).await.expect("create");
+    let s = SqliteStore::create(path, &CaptureSpec::example())
+        .await
+        .expect("create");
     s.init(&params(member, initial)).await.expect("init");
     s
 }
@@ -191,7 +197,9 @@ async fn shell_write_on_a_passive_is_refused_naming_the_active() {
         .await
         .expect("set_role");
     drop(p);
-    let p = SqliteStore::open(&pdb).await.expect("reopen");
+    let p = SqliteStore::open(&pdb, &CaptureSpec::example())
+        .await
+        .expect("reopen");
     let (ok, stderr) = shell(&pdb, "UPDATE projects SET description = 'x';");
     assert!(!ok);
     assert!(stderr.contains("the active member is c"), "{stderr}");
@@ -233,7 +241,7 @@ async fn shell_project_delete_captures_its_jobs_without_foreign_keys() {
     let deletes: HashSet<String> = got
         .iter()
         .filter_map(|c| match &c.op {
-            ChangeOp::Delete { entity, key } => Some(format!("{}:{key}", entity.table())),
+            ChangeOp::Delete { table, key } => Some(format!("{table}:{}", key_text(key))),
             _ => None,
         })
         .collect();
@@ -260,7 +268,7 @@ async fn shell_project_delete_captures_its_jobs_without_foreign_keys() {
     let got = all(&a).await;
     let j3_deletes = got
         .iter()
-        .filter(|c| matches!(&c.op, ChangeOp::Delete { key, .. } if key == "j3"))
+        .filter(|c| matches!(&c.op, ChangeOp::Delete { key, .. } if key_text(key) == "j3"))
         .count();
     assert_eq!(j3_deletes, 1, "{got:#?}");
     for (i, c) in got.iter().enumerate() {
@@ -322,8 +330,10 @@ async fn concurrent_shell_writers_ship_whole_transactions_in_commit_order() {
     let deadline = Instant::now() + Duration::from_secs(120);
     // Tag of a change: the transaction it belongs to.
     let tag = |c: &Change| -> String {
-        let k = c.key();
-        k.rsplit_once('-').map_or(k, |(t, _)| t).to_string()
+        let k = key_text(c.key());
+        k.rsplit_once('-')
+            .map_or(k.as_str(), |(t, _)| t)
+            .to_string()
     };
     while got.len() < expected {
         assert!(
@@ -408,27 +418,114 @@ fn parse_tag(t: &str) -> (usize, usize) {
 
 // ------------------------------------------------------------ schema
 
+/// A database made by schema 3 (the fixed projects/jobs/keys change log,
+/// INTEGER job flags): its files are kept verbatim in `testdata/v3`.
+fn legacy_v3_database(db: &Path) {
+    let c = app_conn(db).expect("open");
+    c.execute_batch("PRAGMA journal_mode = WAL").expect("wal");
+    c.execute_batch(
+        "CREATE TABLE us_schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                         applied_at INTEGER NOT NULL);",
+    )
+    .expect("version table");
+    for (v, name, sql) in [
+        (1, "core", include_str!("testdata/v3/0001_core.sql")),
+        (
+            2,
+            "quarantine",
+            include_str!("testdata/v3/0002_quarantine.sql"),
+        ),
+        (
+            3,
+            "snapshot_due",
+            include_str!("testdata/v3/0003_snapshot_due.sql"),
+        ),
+    ] {
+        c.execute_batch(sql).expect("legacy migration");
+        c.execute(
+            "INSERT INTO us_schema_version VALUES (?1, ?2, 0)",
+            params![v, name],
+        )
+        .expect("version row");
+    }
+    c.execute_batch(
+        "INSERT INTO us_state (id, cluster, member, role, epoch, active, lease_until)
+             VALUES (1, 'test', 'a', 'active', 1, 'a', NULL);
+         INSERT INTO projects(name, description) VALUES ('p', 'before the upgrade');
+         INSERT INTO jobs(id, project, name, schedule_enabled) VALUES ('j', 'p', 'n', 0);
+         INSERT INTO keys(path, kind, content) VALUES ('k', 'password', X'00ff');
+         DELETE FROM jobs WHERE id = 'j';
+         INSERT INTO jobs(id, project, name, schedule_enabled) VALUES ('j', 'p', 'n', 0);
+         INSERT INTO us_quarantine (epoch, seq, entity, op, key, c1, reason)
+             VALUES (1, 9, 1, 1, 'q', 'quarantined', 'test');",
+    )
+    .expect("legacy data");
+}
+
 #[tokio::test]
-async fn init_upgrades_an_earlier_version() {
+async fn init_upgrades_a_schema_3_database_keeping_its_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("a.db");
-    let s = SqliteStore::create(&db).await.expect("create");
-    let r = s.init_upto(&params("a", "a"), 1).await.expect("init v1");
-    assert_eq!((r.from_version, r.to_version), (0, 1));
+    legacy_v3_database(&db);
+    let s = SqliteStore::open(&db, &CaptureSpec::example())
+        .await
+        .expect("open");
     assert!(
         matches!(s.check_schema().await, Err(StoreError::SchemaMismatch { ref detail, .. }) if detail.contains("older")),
         "a database at an older version needs init"
     );
-    let c = app_conn(&db).expect("open");
-    c.execute_batch("INSERT INTO projects(name) VALUES ('before-upgrade')")
-        .expect("write at v1");
-    drop(c);
     let r = s.init(&params("a", "a")).await.expect("upgrade");
-    assert_eq!((r.from_version, r.to_version), (1, schema::LATEST));
+    assert_eq!((r.from_version, r.to_version), (3, schema::LATEST));
     s.check_schema().await.expect("current");
-    let names: Vec<String> = schema_dump(&db).into_iter().map(|(_, n, _)| n).collect();
-    assert!(names.iter().any(|n| n == "us_quarantine"), "{names:?}");
-    assert_eq!(all(&s).await.len(), 1, "data and log survive the upgrade");
+    let log = all(&s).await;
+    let shown: Vec<String> = log
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {}",
+                c.pos,
+                c.table(),
+                c.op_name(),
+                key_text(c.key())
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "1/1 projects upsert p",
+            "1/2 jobs upsert j",
+            "1/3 keys upsert k",
+            "1/4 jobs delete j",
+            "1/5 jobs upsert j"
+        ],
+        "the log keeps every change under its position"
+    );
+    let cat = s.catalog();
+    let jobs = cat.by_name("jobs").expect("jobs captured");
+    let flag = jobs.column("schedule_enabled").expect("flag").1;
+    assert_eq!(
+        flag.ty,
+        crate::tables::PortableType::Bool,
+        "flags become BOOLEAN"
+    );
+    let ChangeOp::Upsert(img) = &log[4].op else {
+        panic!("an upsert")
+    };
+    let i = jobs.image_index("schedule_enabled").expect("in the image");
+    assert_eq!(img.values[i], crate::tables::Value::Bool(false));
+    let q = s.divergence_list(true).await.expect("quarantine");
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].change.table().as_str(), "projects");
+    // Writes after the upgrade are captured with the generated triggers and
+    // continue the same seqs.
+    app_conn(&db)
+        .expect("open")
+        .execute_batch("INSERT INTO projects(name) VALUES ('after')")
+        .expect("write after upgrade");
+    let log = all(&s).await;
+    assert_eq!(log.len(), 6);
+    assert_eq!(log[5].pos.seq, 6);
     let r = s.init(&params("a", "a")).await.expect("again");
     assert_eq!(
         (r.from_version, r.to_version),
@@ -448,7 +545,9 @@ async fn init_refuses_a_jobs_table_of_another_shape_and_changes_nothing() {
     .expect("app schema");
     drop(c);
     let before = schema_dump(&db);
-    let s = SqliteStore::open(&db).await.expect("open");
+    let s = SqliteStore::open(&db, &CaptureSpec::example())
+        .await
+        .expect("open");
     match s.init(&params("a", "a")).await {
         Err(StoreError::SchemaMismatch { table, detail, .. }) => {
             assert_eq!(table, "jobs");
@@ -475,11 +574,32 @@ async fn init_accepts_application_tables_of_the_right_shape() {
              INSERT INTO projects VALUES ('existing', NULL, NULL, 5);",
         )
         .expect("app schema");
-    let s = SqliteStore::open(&db).await.expect("open");
+    let s = SqliteStore::open(&db, &CaptureSpec::example())
+        .await
+        .expect("open");
+    // SQLite lets a non-INTEGER primary key hold NULL unless it says NOT
+    // NULL: such a key cannot identify rows, and init says so.
+    let e = s.init(&params("a", "a")).await.expect_err("nullable key");
+    assert!(
+        e.to_string().contains("projects.name") && e.to_string().contains("NOT NULL"),
+        "{e}"
+    );
+    Connection::open(&db)
+        .expect("open")
+        .execute_batch(
+            "CREATE TABLE p2 (name TEXT NOT NULL PRIMARY KEY, description TEXT, config TEXT, updated_at INTEGER);
+             INSERT INTO p2 SELECT * FROM projects; DROP TABLE projects;
+             ALTER TABLE p2 RENAME TO projects;",
+        )
+        .expect("declare the key NOT NULL");
     s.init(&params("a", "a")).await.expect("init");
     s.check_schema().await.expect("check");
     let sums = s.checksums().await.expect("sums");
-    assert_eq!(sums[0].rows, 1);
+    let projects = sums
+        .iter()
+        .find(|t| t.table == "projects")
+        .expect("projects");
+    assert_eq!(projects.rows, 1);
 }
 
 #[tokio::test]
@@ -515,7 +635,7 @@ async fn a_folder_that_cannot_be_created_is_a_clear_error() {
     let file = dir.path().join("plain-file");
     std::fs::write(&file, b"x").expect("write");
     let db = file.join("sub/member.db");
-    match SqliteStore::create(&db).await {
+    match SqliteStore::create(&db, &CaptureSpec::example()).await {
         Err(StoreError::Unreachable { url, reason }) => {
             assert!(url.contains("sub/member.db"), "{url}");
             assert!(reason.contains("cannot create the folder"), "{reason}");
@@ -523,7 +643,7 @@ async fn a_folder_that_cannot_be_created_is_a_clear_error() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
-    match SqliteStore::open(&dir.path().join("missing.db")).await {
+    match SqliteStore::open(&dir.path().join("missing.db"), &CaptureSpec::example()).await {
         Err(e @ StoreError::NotInitialised { .. }) => {
             assert!(e.to_string().contains("understudy init"), "{e}");
         }
