@@ -26,13 +26,16 @@ use std::fmt;
 
 /// A table's name as every member spells it: `table` for SQLite tables and
 /// PostgreSQL tables in `public`, `schema.table` for other PostgreSQL schemas.
+///
+/// Shared, not copied: every row image names its table, and a clone of
+/// the name per row showed in snapshot and change-log read rates.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct TableName(pub String);
+pub struct TableName(std::sync::Arc<str>);
 
 impl TableName {
     pub fn new(s: impl Into<String>) -> Self {
-        TableName(s.into())
+        TableName(std::sync::Arc::from(s.into()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -43,6 +46,14 @@ impl TableName {
             Some((s, t)) => (Some(s), t),
             None => (None, &self.0),
         }
+    }
+}
+
+// Lookups by `&str` (a name read from the change log) without building a
+// `TableName`: hashing and ordering agree with `str`'s.
+impl std::borrow::Borrow<str> for TableName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -190,6 +190,10 @@ impl Tables {
     }
 
     pub fn get(&self, name: &TableName) -> StoreResult<&TableSql> {
+        self.get_str(name.as_str())
+    }
+
+    pub fn get_str(&self, name: &str) -> StoreResult<&TableSql> {
         self.by_name
             .get(name)
             .map(|&i| &self.tables[i])
@@ -254,11 +258,13 @@ pub(super) fn change_from_row(tables: &Tables, row: &Row<'_>, first: usize) -> S
     let seq = int_at(row, first, &|| "a change-log row".to_string(), "seq")?;
     let at = || format!("change-log seq {seq}");
     let epoch = int_at(row, first + 1, &at, "epoch")?;
-    let tbl: String = row
-        .get(first + 2)
-        .map_err(|_| corrupt(&at, "the table name is not text"))?;
+    let tbl = match row.get_ref(first + 2) {
+        Ok(rusqlite::types::ValueRef::Text(b)) => std::str::from_utf8(b).ok(),
+        _ => None,
+    }
+    .ok_or_else(|| corrupt(&at, "the table name is not text"))?;
     let op = int_at(row, first + 3, &at, "op")?;
-    let t = tables.get(&TableName(tbl))?;
+    let t = tables.get_str(tbl)?;
     let pos = Position::new(
         u64::try_from(epoch).map_err(|_| corrupt(&at, "epoch is negative"))?,
         u64::try_from(seq).map_err(|_| corrupt(&at, "seq is negative"))?,
