@@ -166,6 +166,12 @@ impl Marks {
     /// The applier committed exactly `at` and received its mark: pin a read
     /// there and hash it in the background.
     pub async fn pin(self: &Arc<Self>, store: &Arc<AnyStore>, at: Position) {
+        // Pending first: checksums an earlier verify pinned at this same
+        // position must not answer this one (rows may have been changed
+        // behind the agent's back since, which is what verify looks for),
+        // and opening the read takes a moment in which the request may
+        // already be waiting.
+        self.put(at, Pinned::Pending);
         let reader = match store.snapshot_reader().await {
             Ok(r) => r,
             Err(e) => {
@@ -176,9 +182,15 @@ impl Marks {
         if reader.position() != at {
             // Not the position asked for (cannot happen while the applier
             // waits for this call; kept as a guard against mixing states).
+            self.put(
+                at,
+                Pinned::Ready(Err(format!(
+                    "the read opened at {} instead of the mark {at}",
+                    reader.position()
+                ))),
+            );
             return;
         }
-        self.put(at, Pinned::Pending);
         let me = self.clone();
         let catalog = store.catalog();
         tokio::spawn(async move {
