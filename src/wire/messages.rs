@@ -126,7 +126,7 @@ pub enum ClientMsg {
     ControlHello(Hello),
     /// One promotion-controller message; the sender is the peer named by
     /// the connection's certificate, never a field inside the message.
-    Control(crate::control::Message),
+    Control(super::control::Message),
 }
 
 /// Sent by the side that accepted.

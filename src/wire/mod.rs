@@ -11,6 +11,7 @@
 //! replaced without touching the rest.
 
 mod codec;
+pub mod control;
 mod frame;
 mod messages;
 mod stream;
