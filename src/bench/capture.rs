@@ -167,29 +167,86 @@ pub(crate) async fn write_rate(
     Ok(done as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A member database with capture and one with every trigger dropped.
+async fn example_pair(args: &BenchArgs) -> Result<(BenchDb, BenchDb)> {
+    let on = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_on").await?;
+    crate::store::init_database(&on.url, &params(), &CaptureSpec::example()).await?;
+    let off = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_off").await?;
+    crate::store::init_database(&off.url, &params(), &CaptureSpec::example()).await?;
+    drop_triggers(&off.url).await?;
+    Ok((on, off))
+}
+
+/// `(raw rate, captured rate)` of `args.rounds` rounds, each on fresh
+/// databases from `pair`, which of the two runs first swapping every
+/// round so warm-up and a drifting disk fall on both sides alike.
+/// `write` is the workload: `(database, ops, tx_size, seed)` to a rate.
+pub(crate) async fn paired_rounds(
+    args: &BenchArgs,
+    tx_size: usize,
+    pair: impl AsyncFn() -> Result<(BenchDb, BenchDb)>,
+    write: impl AsyncFn(&DatabaseUrl, u64, usize, u64) -> Result<f64>,
+) -> Result<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let (on, off) = pair().await?;
+        let (raw, captured) = if round % 2 == 0 {
+            let raw = write(&off.url, args.ops, tx_size, args.seed).await?;
+            (raw, write(&on.url, args.ops, tx_size, args.seed).await?)
+        } else {
+            let captured = write(&on.url, args.ops, tx_size, args.seed).await?;
+            (
+                write(&off.url, args.ops, tx_size, args.seed).await?,
+                captured,
+            )
+        };
+        on.drop_db().await;
+        off.drop_db().await;
+        eprintln!(
+            "  round {}: raw {raw:.0}/s, with capture {captured:.0}/s ({:.1}%)",
+            round + 1,
+            cost_pct(raw, captured)
+        );
+        out.push((raw, captured));
+    }
+    Ok(out)
+}
+
+fn cost_pct(raw: f64, captured: f64) -> f64 {
+    (1.0 - captured / raw) * 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    super::percentile(&v, 50.0)
+}
+
+/// One transaction size's figures: the median raw and captured rates, the
+/// median of the rounds' own costs (each round's two runs shared the
+/// machine's state), and every round's cost for the spread.
+pub(crate) fn summary(tx_size: usize, pairs: &[(f64, f64)]) -> Value {
+    let round1 = |x: f64| (x * 10.0).round() / 10.0;
+    let costs: Vec<f64> = pairs.iter().map(|&(r, c)| round1(cost_pct(r, c))).collect();
+    json!({
+        "tx_size": tx_size,
+        "rounds": pairs.len(),
+        "raw_rate": median(pairs.iter().map(|p| p.0).collect()).round(),
+        "capture_rate": median(pairs.iter().map(|p| p.1).collect()).round(),
+        "capture_cost_pct": round1(median(costs.clone())),
+        "round_costs_pct": costs,
+    })
+}
+
 pub async fn run(args: &BenchArgs) -> Result<Value> {
     let mut rows = Vec::new();
     for tx_size in [1usize, 100] {
-        let on = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_on").await?;
-        crate::store::init_database(&on.url, &params(), &CaptureSpec::example()).await?;
-        let off = BenchDb::create(args.backend, args.database_url.as_deref(), "cap_off").await?;
-        crate::store::init_database(&off.url, &params(), &CaptureSpec::example()).await?;
-        drop_triggers(&off.url).await?;
-        // Alternate to spread any warm-up effect: off, on.
         eprintln!(
-            "capture bench: {:?}, {} ops, {tx_size} per transaction",
-            args.backend, args.ops
+            "capture bench: {:?}, {} ops, {tx_size} per transaction, {} rounds",
+            args.backend, args.ops, args.rounds
         );
-        let raw = write_rate(&off.url, args.ops, tx_size, args.seed).await?;
-        let captured = write_rate(&on.url, args.ops, tx_size, args.seed).await?;
-        on.drop_db().await;
-        off.drop_db().await;
-        rows.push(json!({
-            "tx_size": tx_size,
-            "raw_rate": raw.round(),
-            "capture_rate": captured.round(),
-            "capture_cost_pct": ((1.0 - captured / raw) * 1000.0).round() / 10.0,
-        }));
+        let pairs =
+            paired_rounds(args, tx_size, async || example_pair(args).await, write_rate).await?;
+        rows.push(summary(tx_size, &pairs));
     }
     Ok(json!({
         "bench": "capture",

@@ -97,6 +97,12 @@ pub struct BenchArgs {
     pub seconds: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Capture mode: how many times each transaction size is measured,
+    /// with and without capture alternating (which goes first swaps every
+    /// round); the figures are the medians. One run on a shared disk
+    /// varies by a third either way.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
     /// Failover mode: how many times the active is killed.
     #[arg(long, default_value_t = 20)]
     pub kills: u32,

@@ -8,7 +8,7 @@
 //! Owns: the fixture's workload (seeded) and its timing.
 //! Must never: run against a database it did not create.
 
-use super::capture::{BenchDb, drop_triggers, params};
+use super::capture::{BenchDb, drop_triggers, paired_rounds, params, summary};
 use super::{Backend, BenchArgs};
 use crate::config::DatabaseUrl;
 use crate::tables::CaptureSpec;
@@ -228,23 +228,18 @@ async fn fixture_db(args: &BenchArgs, name: &str) -> Result<BenchDb> {
 pub async fn run(args: &BenchArgs) -> Result<Value> {
     let mut results = Vec::new();
     for tx_size in [1usize, 100] {
-        let on = fixture_db(args, "sched_on").await?;
-        let off = fixture_db(args, "sched_off").await?;
-        drop_triggers(&off.url).await?;
         eprintln!(
-            "capture bench (scheduler fixture): {:?}, {} ops, {tx_size} per transaction",
-            args.backend, args.ops
+            "capture bench (scheduler fixture): {:?}, {} ops, {tx_size} per transaction, {} rounds",
+            args.backend, args.ops, args.rounds
         );
-        let raw = write_rate(&off.url, args.ops, tx_size, args.seed).await?;
-        let captured = write_rate(&on.url, args.ops, tx_size, args.seed).await?;
-        on.drop_db().await;
-        off.drop_db().await;
-        results.push(json!({
-            "tx_size": tx_size,
-            "raw_rate": raw.round(),
-            "capture_rate": captured.round(),
-            "capture_cost_pct": ((1.0 - captured / raw) * 1000.0).round() / 10.0,
-        }));
+        let pair = async || {
+            let on = fixture_db(args, "sched_on").await?;
+            let off = fixture_db(args, "sched_off").await?;
+            drop_triggers(&off.url).await?;
+            Ok((on, off))
+        };
+        let pairs = paired_rounds(args, tx_size, pair, write_rate).await?;
+        results.push(summary(tx_size, &pairs));
     }
     Ok(json!({
         "bench": "capture",
