@@ -163,7 +163,7 @@ pub fn table(list: &[DivergentChange]) -> String {
             } else {
                 seq.to_string()
             },
-            d.change.table().as_str(),
+            d.change.table_str(),
             d.change.op_name(),
             key_text(d.change.key()),
             crate::status::cli_status::utc(d.quarantined_at_ms),
@@ -199,6 +199,7 @@ fn row_of(cat: &Catalog, d: &DivergentChange, secrets: Secrets) -> Value {
     match &d.change.op {
         ChangeOp::Upsert(img) => row_json(cat, img, secrets),
         ChangeOp::Delete { .. } => Value::Null,
+        ChangeOp::Schema(s) => crate::capture::schema_json(s),
     }
 }
 

@@ -92,6 +92,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A schema change of the captured tables: run on the active with an
+    /// entry in its change log, and by every member at that position. Exit
+    /// 0 when every data member has it, 3 when some did not confirm in
+    /// time (named; they apply it when they catch up), 1 when it failed on
+    /// the active (nothing changed anywhere). The DDL runs with capture
+    /// off on every member: back-fills in it must be deterministic.
+    Migrate {
+        /// One DDL file for every member (a single-backend cluster).
+        #[arg(long, conflicts_with_all = ["sqlite", "postgres"], required_unless_present_all = ["sqlite", "postgres"])]
+        sql: Option<PathBuf>,
+        /// What SQLite members run (with --postgres: a mixed cluster).
+        #[arg(long, requires = "postgres")]
+        sqlite: Option<PathBuf>,
+        /// What PostgreSQL members run.
+        #[arg(long, requires = "sqlite")]
+        postgres: Option<PathBuf>,
+        #[command(flatten)]
+        target: StatusTarget,
+        #[command(flatten)]
+        auth: TokenArg,
+        /// How long to wait for every data member to confirm.
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator-declared failover: make the member at --url (default: this
     /// config's member) the active without a quorum. Changes the old active
     /// had and this member lacks are at risk; use only when it is gone.
@@ -601,6 +627,43 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 print!("{}", understudy::status::cli_status::table(&view));
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Migrate {
+            sql,
+            sqlite,
+            postgres,
+            target,
+            auth,
+            timeout_secs,
+            json,
+        } => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the DDL file {}", p.display()))
+            };
+            let (lite, pg) = match (&sql, &sqlite, &postgres) {
+                (Some(f), _, _) => (read(f)?, read(f)?),
+                (None, Some(a), Some(b)) => (read(a)?, read(b)?),
+                _ => bail!("give --sql FILE, or --sqlite FILE and --postgres FILE"),
+            };
+            let token = auth.resolve(&target)?;
+            let ep = target.endpoint()?;
+            let r = understudy::status::cli_control::migrate(
+                &ep,
+                &token,
+                &lite,
+                &pg,
+                std::time::Duration::from_secs(timeout_secs.max(1)),
+            )
+            .await
+            .context("the schema change did not run")?;
+            let ok = r.all_confirmed;
+            report(r.report, json)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
         Cmd::Switchover {
             to,

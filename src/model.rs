@@ -169,7 +169,43 @@ pub enum ChangeOp {
     Upsert(RowImage),
     /// Delete: only the key, in key order.
     Delete { table: TableName, key: Vec<Value> },
+    /// A change of the captured tables' schema (`understudy migrate`),
+    /// applied by every member at this position.
+    Schema(SchemaChange),
 }
+
+/// A schema change as the change log carries it. Each member runs the DDL
+/// of its own backend with capture off (so the statements, back-fills
+/// included, must give the same result wherever they run), regenerates its
+/// capture objects, and must then describe its captured tables with
+/// `fingerprint`, or it stops applying (drift).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaChange {
+    /// The captured tables' schema version this change brings a member to
+    /// (one more than the one before it).
+    pub version: u64,
+    /// What SQLite members run.
+    pub sqlite: String,
+    /// What PostgreSQL members run.
+    pub postgres: String,
+    /// The fingerprint of the captured tables after the change.
+    pub fingerprint: String,
+}
+
+impl SchemaChange {
+    /// The DDL a member of `backend` (`"sqlite"` or `"postgres"`) runs.
+    pub fn sql_for(&self, backend: &str) -> &str {
+        if backend == "postgres" {
+            &self.postgres
+        } else {
+            &self.sqlite
+        }
+    }
+}
+
+/// The table every row change of a schema change's kind names: none. Row
+/// changes name their table; a schema change is about all of them.
+const NO_TABLE: &str = "";
 
 /// One row mutation, carrying its own position so a batch can never drift
 /// from its offsets.
@@ -180,22 +216,31 @@ pub struct Change {
 }
 
 impl Change {
-    pub fn table(&self) -> &TableName {
+    /// The row change's table; `None` for a schema change.
+    pub fn table(&self) -> Option<&TableName> {
         match &self.op {
-            ChangeOp::Upsert(r) => &r.table,
-            ChangeOp::Delete { table, .. } => table,
+            ChangeOp::Upsert(r) => Some(&r.table),
+            ChangeOp::Delete { table, .. } => Some(table),
+            ChangeOp::Schema(_) => None,
         }
     }
+    /// The table's name as text (`""` for a schema change).
+    pub fn table_str(&self) -> &str {
+        self.table().map_or(NO_TABLE, |t| t.as_str())
+    }
+    /// The row's key (empty for a schema change).
     pub fn key(&self) -> &[Value] {
         match &self.op {
             ChangeOp::Upsert(r) => r.key(),
             ChangeOp::Delete { key, .. } => key,
+            ChangeOp::Schema(_) => &[],
         }
     }
     pub fn op_name(&self) -> &'static str {
         match &self.op {
             ChangeOp::Upsert(_) => "upsert",
             ChangeOp::Delete { .. } => "delete",
+            ChangeOp::Schema(_) => "schema",
         }
     }
     /// A rough size in bytes, for batch limits.
@@ -205,6 +250,7 @@ impl Change {
             ChangeOp::Delete { table, key } => {
                 32 + table.as_str().len() + key.iter().map(Value::approx_bytes).sum::<usize>()
             }
+            ChangeOp::Schema(s) => 48 + s.sqlite.len() + s.postgres.len() + s.fingerprint.len(),
         }
     }
 }

@@ -557,3 +557,108 @@ async fn a_failing_blocking_on_promote_hands_the_promotion_to_another_member() {
         "{hc}"
     );
 }
+
+/// `understudy migrate` with a member down: the active runs the change
+/// (a column added and back-filled), the passive that is up applies it at
+/// its position, the command names the member that did not confirm (exit
+/// 3), that member applies it when it returns, and every member ends with
+/// the same rows, new column included. A DDL that fails on the active
+/// changes nothing anywhere (exit 1, SQLite's own error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_reaches_every_member_at_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    cl.stop("c", Duration::from_secs(10));
+    let ddl = dir.path().join("add_priority.sql");
+    std::fs::write(
+        &ddl,
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\n\
+         UPDATE jobs SET priority = 5 WHERE schedule_enabled = 1;\n",
+    )
+    .unwrap();
+    let (status_a, token) = (cl.member("a").status.clone(), cl.options.token.clone());
+    let migrate = |file: &Path| {
+        std::process::Command::new(understudy_bin())
+            .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
+            .args(["--timeout-secs", "5", "--url", &status_a])
+            .args(["--token", &token])
+            .output()
+            .expect("run understudy migrate")
+    };
+    let out = migrate(&ddl);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "c is down: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(doc["version"], 1, "{doc}");
+    assert_eq!(doc["not_confirmed"], serde_json::json!(["c"]), "{doc}");
+    assert_eq!(doc["confirmed"], serde_json::json!(["a", "b"]), "{doc}");
+
+    // The application writes on: new rows take the new column's default.
+    let u = url(&cl, "a");
+    let mut w = Workload::new(seed(62));
+    write_workload(&u, &mut w, 50, 5).await.unwrap();
+    cl.start("c").unwrap();
+    let converged = cl.wait_converged("a", 1, Duration::from_secs(60)).await;
+    if converged.is_err() {
+        dump(&cl);
+    }
+    converged.unwrap();
+    for m in ["a", "b", "c"] {
+        let st = cl.status(m).await.unwrap();
+        assert_eq!(st["schema"]["version"], 1, "{m}: {st}");
+        assert_eq!(st["apply"]["state"], "ok", "{m}: {st}");
+    }
+    let want = integration_tests::checksums(&u).await.unwrap();
+    assert!(
+        want.iter().any(|t| t.table == "jobs" && t.rows > 0),
+        "{want:?}"
+    );
+    for m in ["b", "c"] {
+        let got = integration_tests::checksums(&url(&cl, m)).await.unwrap();
+        assert_eq!(got, want, "{m} differs from the active after the migration");
+    }
+    let cat = integration_tests::open_store(&url(&cl, "c")).await.unwrap();
+    let cols = understudy::store::MemberStore::catalog(&cat);
+    let jobs = cols
+        .tables()
+        .iter()
+        .find(|t| t.name.as_str() == "jobs")
+        .unwrap();
+    assert!(
+        jobs.columns.iter().any(|c| c.name == "priority"),
+        "{jobs:?}"
+    );
+
+    // A DDL that fails on the active: exit 1, SQLite's reason, no change.
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(
+        &bad,
+        "ALTER TABLE jobs ADD COLUMN owner_note TEXT;\nALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
+    )
+    .unwrap();
+    let out = migrate(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no such table: no_such_table"), "{stderr}");
+    assert!(stderr.contains("changed nothing"), "{stderr}");
+    let st = cl.status("a").await.unwrap();
+    assert_eq!(st["schema"]["version"], 1, "{st}");
+    let cat = integration_tests::open_store(&u).await.unwrap();
+    let cols = understudy::store::MemberStore::catalog(&cat);
+    let jobs = cols
+        .tables()
+        .iter()
+        .find(|t| t.name.as_str() == "jobs")
+        .unwrap();
+    assert!(
+        !jobs.columns.iter().any(|c| c.name == "owner_note"),
+        "{jobs:?}"
+    );
+}

@@ -121,6 +121,10 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             )
         })
         .collect();
+    let schema_version = match &store {
+        Some(s) => s.schema_version().await?,
+        None => 0,
+    };
     let live = Arc::new(Live::new(LiveInner {
         cluster: config.cluster.clone(),
         member: config.member.clone(),
@@ -150,6 +154,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .as_ref()
             .map(|s| s.catalog().fingerprint().to_string())
             .unwrap_or_default(),
+        schema_version,
         apply_blocked: None,
     }));
     tracing::info!(

@@ -36,6 +36,7 @@ pub fn change_json(cat: &Catalog, c: &Change) -> Json {
     let row = match &c.op {
         ChangeOp::Upsert(img) => row_json(cat, img, Secrets::Redact),
         ChangeOp::Delete { .. } => Json::Null,
+        ChangeOp::Schema(s) => schema_json(s),
     };
     json!({
         "epoch": c.pos.epoch,
@@ -44,6 +45,16 @@ pub fn change_json(cat: &Catalog, c: &Change) -> Json {
         "op": c.op_name(),
         "key": key_text(c.key()),
         "row": row,
+    })
+}
+
+/// A schema change as JSON: its version, fingerprint and each backend's DDL.
+pub fn schema_json(s: &crate::model::SchemaChange) -> Json {
+    json!({
+        "version": s.version,
+        "fingerprint": s.fingerprint,
+        "sqlite": s.sqlite,
+        "postgres": s.postgres,
     })
 }
 
@@ -189,12 +200,13 @@ pub fn change_line(cat: &Catalog, c: &Change) -> String {
     let detail = match &c.op {
         ChangeOp::Upsert(img) => detail(cat, img),
         ChangeOp::Delete { .. } => String::new(),
+        ChangeOp::Schema(s) => format!("schema version {} ({})", s.version, s.fingerprint),
     };
     format!(
         "{:>6}/{:<10} {:<8} {:<6} {} {}",
         c.pos.epoch,
         c.pos.seq,
-        c.table().as_str(),
+        c.table_str(),
         c.op_name(),
         key_text(c.key()),
         detail

@@ -8,7 +8,7 @@
 //! apply transaction open across a reconnect (it is rolled back, and the
 //! stream resumes from the committed position).
 
-use crate::model::{MemberId, Position, Role};
+use crate::model::{ChangeOp, MemberId, Position, Role};
 use crate::replication::snapshot::Installer;
 use crate::replication::{NodeCtx, ReplicationError};
 use crate::store::{AnyStore, MemberStore};
@@ -107,12 +107,14 @@ async fn session(
     // A snapshot is owed after a quarantine (persisted with it, so an agent
     // stopped before the snapshot still asks for it) or after a rejoin that
     // could not quarantine.
-    let (position, snapshot_due) = match store {
+    let (position, snapshot_due, schema) = match store {
         Some(s) => {
             let st = s.state().await?;
-            (st.position, st.snapshot_due)
+            let version = s.schema_version().await?;
+            let desc = SchemaDesc::of(&s.catalog(), version);
+            (st.position, st.snapshot_due, Some(desc))
         }
-        None => (Position::ZERO, false),
+        None => (Position::ZERO, false, None),
     };
     let my_role = if store.is_some() {
         Role::Passive
@@ -135,7 +137,7 @@ async fn session(
                 || node
                     .needs_snapshot
                     .load(std::sync::atomic::Ordering::SeqCst),
-            schema: store.map(|s| SchemaDesc::of(&s.catalog())),
+            schema: schema.clone(),
         }))
         .await?;
     match tokio::time::timeout(Duration::from_secs(5), reader.recv()).await {
@@ -147,7 +149,11 @@ async fn session(
         Ok(Ok(Some(ServerMsg::Welcome(h)))) => {
             // Both sides compare: an active that did not (another build)
             // must not make this member apply rows of another shape.
-            if let (Some(s), Some(theirs)) = (store, &h.schema)
+            // An active at a later schema version is followed: its schema
+            // changes come through the log (it checked this member's
+            // fingerprint against its history).
+            if let (Some(s), Some(mine), Some(theirs)) = (store, &schema, &h.schema)
+                && theirs.version <= mine.version
                 && let Some(d) = theirs.difference_from(&s.catalog())
             {
                 return Err(schema_differs(node, active, d));
@@ -226,6 +232,12 @@ async fn session(
                         node.metrics.apply_seconds.observe(started.elapsed());
                         node.metrics.batches_applied.inc();
                         node.metrics.changes_applied.add(b.changes.len() as u64);
+                        if b.changes.iter().any(|c| matches!(c.op, ChangeOp::Schema(_))) {
+                            match store.schema_version().await {
+                                Ok(v) => node.live.schema(v, store.catalog().fingerprint()),
+                                Err(e) => break Err(e.into()),
+                            }
+                        }
                         open_changes = !b.commit && (open_changes || !b.changes.is_empty());
                         if b.commit {
                             committed = pos;

@@ -70,6 +70,8 @@ pub struct LiveInner {
     /// The fingerprint of the captured tables as this member's database
     /// describes them (empty on a witness).
     pub schema_fingerprint: String,
+    /// The schema version (`understudy migrate`) this member's tables are at.
+    pub schema_version: u64,
     /// Why this member does not apply the active's changes, if it does not:
     /// its captured tables differ from the active's, or a change did not
     /// fit them. Cleared by the next handshake that finds them equal.
@@ -355,6 +357,14 @@ impl Live {
 
     /// Applying the active's changes is blocked (`Some(reason)`) or runs
     /// (`None`); a change of state is logged once, with the reason.
+    /// The captured tables after a schema change (or at start).
+    pub fn schema(&self, version: u64, fingerprint: &str) {
+        self.update(|s| {
+            s.schema_version = version;
+            s.schema_fingerprint = fingerprint.to_string();
+        });
+    }
+
     pub fn apply_blocked(&self, reason: Option<String>) {
         let changed = self.update(|s| {
             let changed = s.apply_blocked != reason;
@@ -455,7 +465,7 @@ impl Live {
                 failover: s.controller.as_ref().map(FailoverDoc::of),
                 hooks: s.hooks.clone(),
                 schema: SchemaDoc {
-                    version: 0,
+                    version: s.schema_version,
                     fingerprint: s.schema_fingerprint.clone(),
                 },
                 apply: ApplyDoc {
@@ -508,6 +518,7 @@ mod tests {
             hooks: Vec::new(),
             lease_until: None,
             schema_fingerprint: String::new(),
+            schema_version: 0,
             apply_blocked: None,
         })
     }

@@ -15,7 +15,7 @@ use crate::store::AnyStore;
 use crate::store::MemberStore;
 use crate::transport::TlsContext;
 use crate::wire::{
-    ClientMsg, EpochEntry, HISTORY_MAX, Hello, PROTOCOL_VERSION, SchemaDesc, ServerMsg,
+    ClientMsg, EpochEntry, HISTORY_MAX, Hello, PROTOCOL_VERSION, SchemaDesc, SchemaHere, ServerMsg,
 };
 use crate::wire::{FrameReader, FrameWriter};
 use std::sync::Arc;
@@ -139,13 +139,18 @@ async fn handle(
         )
         .await;
     };
+    let catalog = store.catalog();
+    let history = store.schema_history().await?;
+    let version = history.last().map_or(0, |h| h.0);
+    let here = SchemaHere {
+        catalog: &catalog,
+        version,
+        history: &history,
+    };
     if let Some(theirs) = &hello.schema
-        && let Some(here) = theirs.difference_from(&store.catalog())
+        && let Some(difference) = theirs.cannot_follow(here)
     {
-        tracing::warn!(peer = %peer, difference = %here, "refusing a member whose captured tables differ");
-        let difference = theirs
-            .difference_for_sender(&store.catalog())
-            .unwrap_or(here);
+        tracing::warn!(peer = %peer, %difference, "refusing a member whose captured tables differ");
         writer
             .send(&ServerMsg::SchemaDiffers { difference })
             .await?;
@@ -174,7 +179,7 @@ async fn handle(
         epoch: node.epoch(),
         position: *head_rx.borrow(),
         want_snapshot: false,
-        schema: Some(SchemaDesc::of(&store.catalog())),
+        schema: Some(SchemaDesc::of(&catalog, version)),
     };
     writer.send(&ServerMsg::Welcome(me)).await?;
     let history = store.epoch_history().await?;

@@ -277,7 +277,10 @@ pub async fn pull(
             epoch: st.epoch,
             position: st.position,
             want_snapshot: true,
-            schema: Some(crate::wire::SchemaDesc::of(&store.catalog())),
+            schema: Some(crate::wire::SchemaDesc::of(
+                &store.catalog(),
+                store.schema_version().await?,
+            )),
         }))
         .await?;
     let result = receive(store, &active, &mut reader, &mut on_progress).await;
@@ -372,6 +375,7 @@ mod tests {
             hooks: Vec::new(),
             lease_until: None,
             schema_fingerprint: String::new(),
+            schema_version: 0,
             apply_blocked: None,
         })
     }

@@ -232,3 +232,98 @@ pub async fn set_paused(
         json: json!({ "paused": paused, "shown_by": shown, "not_shown_by": missing }),
     })
 }
+
+/// How a schema change ended: the report, and whether every data member
+/// confirmed it (exit 0) or some did not in time (exit 3, named).
+#[derive(Debug, Clone)]
+pub struct MigrateReport {
+    pub report: ControlReport,
+    pub all_confirmed: bool,
+}
+
+/// `understudy migrate`: send the DDL to the active (found from `ep`), then
+/// wait until every data member's `/status` shows the new schema version.
+pub async fn migrate(
+    ep: &Endpoint,
+    token: &str,
+    sqlite: &str,
+    postgres: &str,
+    within: Duration,
+) -> Result<MigrateReport, ControlCliError> {
+    let t = Duration::from_secs(3);
+    let st = get_json_from(ep, "/status", t).await?;
+    let Some(active) = st["active"].as_str().map(str::to_string) else {
+        return Err(ControlCliError::Cluster(format!(
+            "{} knows no active member; a schema change runs on the active",
+            ep.url()
+        )));
+    };
+    let active_ep = endpoint_of(ep, &active, t).await?;
+    let started = Instant::now();
+    let body = json!({ "sqlite": sqlite, "postgres": postgres }).to_string();
+    eprintln!("migrate: running the schema change on the active {active}");
+    let answer = post(&active_ep, "/migrate", token, Some(&body), within).await?;
+    let version = answer["version"].as_u64().unwrap_or(0);
+    eprintln!(
+        "migrate: {active} is at schema version {version} (change {}/{}); waiting for the other members",
+        answer["epoch"], answer["seq"]
+    );
+    let mut members = vec![(active.clone(), active_ep.clone())];
+    let ast = get_json_from(&active_ep, "/status", t).await?;
+    for p in ast["peers"].as_array().into_iter().flatten() {
+        if p["witness"] == true {
+            continue;
+        }
+        if let (Some(m), Some(addr)) = (p["member"].as_str(), p["status"].as_str()) {
+            members.push((m.to_string(), active_ep.with_addr(addr)));
+        }
+    }
+    let mut confirmed = Vec::new();
+    let mut missing = Vec::new();
+    for (m, mep) in &members {
+        let left = within.saturating_sub(started.elapsed());
+        match wait_for(mep, left, |s| {
+            s["schema"]["version"].as_u64() >= Some(version)
+        })
+        .await
+        {
+            Ok(_) => {
+                eprintln!("migrate: {m} has schema version {version}");
+                confirmed.push(m.clone());
+            }
+            Err(_) => {
+                eprintln!("migrate: {m} has not confirmed schema version {version}");
+                missing.push(m.clone());
+            }
+        }
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    let line = if missing.is_empty() {
+        format!(
+            "schema version {version} is on every data member ({}) in {ms} ms",
+            confirmed.join(", ")
+        )
+    } else {
+        format!(
+            "schema version {version} ran on the active {active}; not confirmed within {} s by: {} (they apply it when they catch up)",
+            within.as_secs(),
+            missing.join(", ")
+        )
+    };
+    Ok(MigrateReport {
+        all_confirmed: missing.is_empty(),
+        report: ControlReport {
+            line,
+            json: json!({
+                "version": version,
+                "fingerprint": answer["fingerprint"],
+                "active": active,
+                "epoch": answer["epoch"],
+                "seq": answer["seq"],
+                "confirmed": confirmed,
+                "not_confirmed": missing,
+                "elapsed_ms": ms,
+            }),
+        },
+    })
+}

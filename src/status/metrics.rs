@@ -630,6 +630,7 @@ mod tests {
             hooks: Vec::new(),
             lease_until: None,
             schema_fingerprint: String::new(),
+            schema_version: 0,
             apply_blocked: None,
         })
         .status(Instant::now())

@@ -17,6 +17,7 @@ pub mod cli_status;
 pub mod client;
 pub mod control;
 pub mod metrics;
+mod migrate;
 pub mod probe;
 pub mod routes;
 pub mod server;

@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/promote", post(promote))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
+        .route("/migrate", post(super::migrate::migrate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     views
         .merge(checksums)
@@ -89,7 +90,7 @@ async fn not_found(req: Request) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no such path {}: GET /health /status /active /passive /metrics /history, POST /switchover /promote /pause /resume",
+            "no such path {}: GET /health /status /active /passive /metrics /history, POST /switchover /promote /pause /resume /migrate",
             req.uri().path()
         ),
     )
@@ -305,7 +306,7 @@ async fn history(State(st): State<AppState>) -> Response {
 }
 
 /// A refused request: status code and message (rendered as JSON).
-struct Fail(StatusCode, String);
+pub(super) struct Fail(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
@@ -341,7 +342,7 @@ async fn read_body(body: Body) -> Result<Bytes, Fail> {
 }
 
 /// Read and parse an optional JSON body (empty means all defaults).
-async fn parse<T: for<'de> Deserialize<'de> + Default>(body: Body) -> Result<T, Fail> {
+pub(super) async fn parse<T: for<'de> Deserialize<'de> + Default>(body: Body) -> Result<T, Fail> {
     let b = read_body(body).await?;
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());

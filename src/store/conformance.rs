@@ -121,7 +121,7 @@ fn op_order(op: &ChangeOp) -> (String, String, &'static str) {
         pos: Position::ZERO,
         op: op.clone(),
     };
-    (c.table().to_string(), key_text(c.key()), c.op_name())
+    (c.table_str().to_string(), key_text(c.key()), c.op_name())
 }
 
 fn assert_contiguous(changes: &[Change], first_seq: u64) {
@@ -731,8 +731,8 @@ pub async fn apply_refuses_other_shapes<B: Backend>(b: &B) {
             pos: Position::ZERO,
             op: op.clone(),
         }
-        .table()
-        .clone();
+        .table_str()
+        .to_string();
         let bad = Change {
             pos: Position::new(1, 2),
             op,

@@ -14,7 +14,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crate::config::DatabaseUrl;
-use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage};
+use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage, SchemaChange};
 use crate::tables::{CaptureSpec, Catalog, CatalogError, TableName};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub enum StoreError {
     /// Any other database error, already free of secrets.
     #[error("database error: {0}")]
     Backend(String),
+    /// A schema change's DDL failed on the active; nothing changed.
+    #[error("the schema change failed and changed nothing: {0}")]
+    Ddl(String),
     /// The operation is not allowed in this member's current role.
     #[error("refusing to {action}: this member is {role}")]
     WrongRole { role: Role, action: String },
@@ -242,6 +245,25 @@ pub trait MemberStore: Send + Sync {
         Self: Sized,
     {
         Ok(checksums_at_position(self).await?.1)
+    }
+    /// Every schema version this member went through (`understudy
+    /// migrate`), oldest first, with its fingerprint; empty before the
+    /// first migration. The last entry is the version the member is at.
+    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
+        Ok(Vec::new())
+    }
+    /// The schema version this member is at (0 before any migration).
+    async fn schema_version(&self) -> StoreResult<u64> {
+        Ok(self.schema_history().await?.last().map_or(0, |h| h.0))
+    }
+    /// Run a schema change on this member, the active: each backend's DDL
+    /// (this member runs its own) in one transaction with the change's log
+    /// entry. A DDL that fails changes nothing ([`StoreError::Ddl`]).
+    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
+        let _ = (sqlite, postgres);
+        Err(StoreError::Ddl(
+            "PostgreSQL members do not run schema changes through the change log yet: only clusters of SQLite members can use `understudy migrate`".into(),
+        ))
     }
     /// Wait until a commit may have happened since the last call, or until
     /// `timeout` (the safety-net poll). Returns true when woken by a hint.
@@ -491,6 +513,12 @@ impl MemberStore for AnyStore {
     }
     async fn wait_for_commit(&self, t: Duration) -> StoreResult<bool> {
         delegate!(self, s => s.wait_for_commit(t).await)
+    }
+    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
+        delegate!(self, s => s.schema_history().await)
+    }
+    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
+        delegate!(self, s => s.migrate(sqlite, postgres).await)
     }
     async fn trim_log(&self, upto: u64) -> StoreResult<u64> {
         delegate!(self, s => s.trim_log(upto).await)

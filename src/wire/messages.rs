@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 /// version are refused in the handshake.
 /// 5: row images of any captured table (table name, key width, portable
 /// values) instead of the fixed projects/jobs/keys rows.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 6: schema changes in the change stream; hellos carry the schema version.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The first message each way: who is speaking and where it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,15 +41,56 @@ pub struct Hello {
 /// compare, and the description to name what differs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaDesc {
+    /// The schema version (`understudy migrate` moves it on by one).
+    pub version: u64,
     pub fingerprint: String,
     pub tables: Vec<TableDesc>,
 }
 
+/// A member's schema as it compares its peers' against it: the captured
+/// tables now, the version, and the fingerprint of every earlier version.
+#[derive(Clone, Copy, Debug)]
+pub struct SchemaHere<'a> {
+    pub catalog: &'a Catalog,
+    pub version: u64,
+    /// `(version, fingerprint)`, as `MemberStore::schema_history` gives it.
+    pub history: &'a [(u64, String)],
+}
+
 impl SchemaDesc {
-    pub fn of(catalog: &Catalog) -> SchemaDesc {
+    pub fn of(catalog: &Catalog, version: u64) -> SchemaDesc {
         SchemaDesc {
+            version,
             fingerprint: catalog.fingerprint().to_string(),
             tables: catalog.tables().to_vec(),
+        }
+    }
+
+    /// Why this member (there) cannot follow `here`: `None` when both are
+    /// at one version with the same tables, or when there is behind and had
+    /// exactly the tables `here` had at its version (the schema changes in
+    /// between reach it through the log).
+    pub fn cannot_follow(&self, here: SchemaHere<'_>) -> Option<String> {
+        if self.version > here.version {
+            return Some(format!(
+                "the member at schema version {} is ahead of the one at version {}",
+                self.version, here.version
+            ));
+        }
+        if self.version == here.version {
+            return self.difference_for_sender(here.catalog);
+        }
+        let had = here.history.iter().find(|(v, _)| *v == self.version);
+        match had {
+            Some((_, f)) if *f == self.fingerprint => None,
+            Some((_, f)) => Some(format!(
+                "at schema version {} the active's captured tables had fingerprint {f}, this member's have {}",
+                self.version, self.fingerprint
+            )),
+            None => Some(format!(
+                "the active has no record of schema version {} (its history starts later): this member needs its tables brought to version {} by hand",
+                self.version, here.version
+            )),
         }
     }
 

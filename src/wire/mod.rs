@@ -22,7 +22,7 @@ pub(crate) mod alloc_probe;
 pub use frame::{HEADER_BYTES, decode_frame, encode_frame};
 pub use messages::{
     Batch, ClientMsg, EpochEntry, HISTORY_MAX, Heartbeat, Hello, PROTOCOL_VERSION, SchemaDesc,
-    ServerMsg, SnapshotBegin,
+    SchemaHere, ServerMsg, SnapshotBegin,
 };
 pub use stream::{FrameReader, FrameWriter, split};
 

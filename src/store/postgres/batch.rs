@@ -96,11 +96,13 @@ pub(super) fn plan<'a>(tables: &Tables, changes: &[Checked<'a>]) -> Vec<Step<'a>
 /// primary key whose value moved from one row to another: one multi-row
 /// upsert checks it row by row, in an order of its own).
 pub(super) fn one_by_one<'a>(changes: &[Checked<'a>]) -> Vec<Step<'a>> {
+    // Schema changes never get here: `Tables::check` refuses them first.
     changes
         .iter()
-        .map(|&(id, c)| match &c.op {
-            ChangeOp::Upsert(r) => Step::Upsert(id, vec![&r.values[..]]),
-            ChangeOp::Delete { key, .. } => Step::Delete(id, vec![&key[..]]),
+        .filter_map(|&(id, c)| match &c.op {
+            ChangeOp::Upsert(r) => Some(Step::Upsert(id, vec![&r.values[..]])),
+            ChangeOp::Delete { key, .. } => Some(Step::Delete(id, vec![&key[..]])),
+            ChangeOp::Schema(_) => None,
         })
         .collect()
 }
@@ -125,6 +127,8 @@ fn plan_segment<'a>(tables: &Tables, seg: &[Checked<'a>], steps: &mut Vec<Step<'
         match &c.op {
             ChangeOp::Upsert(r) => up[id.0].push(&r.values),
             ChangeOp::Delete { key, .. } => del[id.0].push(key),
+            // Refused by `Tables::check` before any plan is made.
+            ChangeOp::Schema(_) => {}
         }
     }
     let parent = |i: &usize| tables.codecs[*i].has_children;

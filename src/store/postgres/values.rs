@@ -435,6 +435,10 @@ impl Tables {
             ChangeOp::Delete { table, key } => {
                 self.check_values(what, table, key, key.len(), false)
             }
+            ChangeOp::Schema(s) => Err(format!(
+                "change {}: schema version {} (understudy migrate) cannot be applied by a PostgreSQL member yet: run the same DDL on this member by hand, then restart its agent with a database initialised again from the active (or keep PostgreSQL members out of clusters that migrate)",
+                ch.pos, s.version
+            )),
         }
     }
 
@@ -584,6 +588,7 @@ impl<'a> LogEntry<'a> {
         let (op, values) = match &ch.op {
             ChangeOp::Upsert(r) => (OP_UPSERT, &r.values[..]),
             ChangeOp::Delete { key, .. } => (OP_DELETE, &key[..]),
+            ChangeOp::Schema(_) => return Err("a schema change has no row to log".into()),
         };
         let key_only = op == OP_DELETE;
         let mut e = LogEntry {
@@ -591,7 +596,7 @@ impl<'a> LogEntry<'a> {
                 .map_err(|_| format!("seq {} is out of range", ch.pos.seq))?,
             epoch: i64::try_from(ch.pos.epoch)
                 .map_err(|_| format!("epoch {} is out of range", ch.pos.epoch))?,
-            tbl: ch.table().as_str(),
+            tbl: ch.table_str(),
             op,
             i: Vec::with_capacity(codec.count(Carrier::I, key_only)),
             r: Vec::with_capacity(codec.count(Carrier::R, key_only)),

@@ -15,6 +15,7 @@
 mod capture;
 mod catalog;
 mod checkpoint;
+mod ddl;
 mod divergence;
 mod legacy;
 mod rows;
@@ -32,7 +33,7 @@ use super::{
     ChangeRead, DivergentChange, EpochRecord, InitParams, InitReport, MemberStore,
     ReplicationState, StoreError, StoreResult, Vote,
 };
-use crate::model::{Change, Epoch, MemberId, Position, Role};
+use crate::model::{Change, ChangeOp, Epoch, MemberId, Position, Role, SchemaChange};
 use crate::tables::{CaptureSpec, Catalog, TableName};
 use rows::Tables;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -576,59 +577,125 @@ fn run_cached(conn: &Connection, sql: &str) -> StoreResult<()> {
         .map_err(err)
 }
 
-/// Apply `changes` inside the (possibly already open) apply transaction.
-fn apply_batch(w: &mut Writer, tables: &Tables, changes: &[Change]) -> StoreResult<Position> {
-    let mut pos = match w.apply {
-        Some(p) => p,
-        None => {
-            // Cached statements: every apply runs these, and parsing them
-            // anew each time showed in profiles of a busy passive.
-            run_cached(&w.conn, "BEGIN IMMEDIATE")?;
-            // Visible only to this transaction: SQLite has one writer.
-            run_cached(&w.conn, "UPDATE us_state SET applying = 1 WHERE id = 1")?;
-            let p = position(&w.conn)?;
-            w.apply = Some(p);
-            p
-        }
+/// Open the apply transaction unless one is open; the applied position.
+fn open_apply(w: &mut Writer) -> StoreResult<Position> {
+    if let Some(p) = w.apply {
+        return Ok(p);
+    }
+    // Cached statements: every apply runs these, and parsing them anew
+    // each time showed in profiles of a busy passive.
+    run_cached(&w.conn, "BEGIN IMMEDIATE")?;
+    // Visible only to this transaction: SQLite has one writer.
+    run_cached(&w.conn, "UPDATE us_state SET applying = 1 WHERE id = 1")?;
+    let p = position(&w.conn)?;
+    w.apply = Some(p);
+    Ok(p)
+}
+
+/// Whether `ch` comes next after `pos` (`Ok(true)`), was applied already
+/// (`Ok(false)`), or does not follow (a gap or a fork the caller resolves).
+fn is_next(w: &Writer, pos: Position, ch: &Change) -> StoreResult<bool> {
+    let seq = ch.pos.seq;
+    let out_of_order = || StoreError::OutOfOrder {
+        applied: pos,
+        got: ch.pos,
     };
+    if seq <= pos.seq {
+        // Already applied, unless the log holds another epoch there.
+        let same = match logged_epoch(&w.conn, i64_of(seq, "seq")?)? {
+            Some(e) => e == ch.pos.epoch,
+            None => ch.pos <= pos,
+        };
+        return if same { Ok(false) } else { Err(out_of_order()) };
+    }
+    if seq != pos.seq + 1 || ch.pos.epoch < pos.epoch {
+        return Err(out_of_order());
+    }
+    Ok(true)
+}
+
+fn set_position(conn: &Connection, pos: Position) -> StoreResult<()> {
+    conn.prepare_cached("UPDATE us_state SET pos_epoch = ?1, pos_seq = ?2 WHERE id = 1")
+        .and_then(|mut st| {
+            st.execute(params![
+                i64::try_from(pos.epoch).unwrap_or(i64::MAX),
+                i64::try_from(pos.seq).unwrap_or(i64::MAX)
+            ])
+        })
+        .map(drop)
+        .map_err(err)
+}
+
+/// Apply row `changes` inside the (possibly already open) apply transaction.
+fn apply_batch(w: &mut Writer, tables: &Tables, changes: &[Change]) -> StoreResult<Position> {
+    let mut pos = open_apply(w)?;
     let start = pos;
     for ch in changes {
-        let seq = ch.pos.seq;
-        if seq <= pos.seq {
-            // Already applied, unless the log holds another epoch there (a
-            // fork the caller must resolve, not a duplicate).
-            let same = match logged_epoch(&w.conn, i64_of(seq, "seq")?)? {
-                Some(e) => e == ch.pos.epoch,
-                None => ch.pos <= pos,
-            };
-            if same {
-                continue;
-            }
-            return Err(StoreError::OutOfOrder {
-                applied: pos,
-                got: ch.pos,
-            });
+        if is_next(w, pos, ch)? {
+            rows::apply_change(&w.conn, tables, ch)?;
+            pos = ch.pos;
         }
-        if seq != pos.seq + 1 || ch.pos.epoch < pos.epoch {
-            return Err(StoreError::OutOfOrder {
-                applied: pos,
-                got: ch.pos,
-            });
-        }
-        rows::apply_change(&w.conn, tables, ch)?;
-        pos = ch.pos;
     }
     if pos != start {
-        w.conn
-            .prepare_cached("UPDATE us_state SET pos_epoch = ?1, pos_seq = ?2 WHERE id = 1")
-            .and_then(|mut st| {
-                st.execute(params![
-                    i64::try_from(pos.epoch).unwrap_or(i64::MAX),
-                    i64::try_from(pos.seq).unwrap_or(i64::MAX)
-                ])
-            })
-            .map_err(err)?;
+        set_position(&w.conn, pos)?;
         w.apply = Some(pos);
+    }
+    Ok(pos)
+}
+
+/// Commit the open apply transaction.
+fn commit_apply(w: &mut Writer) -> StoreResult<()> {
+    run_cached(&w.conn, "UPDATE us_state SET applying = 0 WHERE id = 1")?;
+    run_cached(&w.conn, "COMMIT")?;
+    w.apply = None;
+    Ok(())
+}
+
+/// Apply a schema change in its own transaction (committing what was open
+/// before it), and take the captured tables it leaves.
+fn apply_schema(inner: &Inner, w: &mut Writer, ch: &Change, sc: &SchemaChange) -> StoreResult<()> {
+    let pos = open_apply(w)?;
+    if !is_next(w, pos, ch)? {
+        return Ok(());
+    }
+    // What was applied before it stays, whatever becomes of the change.
+    commit_apply(w)?;
+    open_apply(w)?;
+    let before = inner.tables().catalog.clone();
+    let cat = ddl::apply_on_passive(&w.conn, &inner.url, &inner.spec, &before, sc, ch.pos)?;
+    set_position(&w.conn, ch.pos)?;
+    commit_apply(w)?;
+    tracing::info!(version = sc.version, position = %ch.pos, "applied schema change");
+    inner.set_tables(tables_of(&w.conn, Arc::new(cat))?);
+    Ok(())
+}
+
+/// Apply `changes`, row changes in the open apply transaction and each
+/// schema change in a transaction of its own; commit at the end if asked.
+fn apply_all(
+    inner: &Inner,
+    w: &mut Writer,
+    changes: &[Change],
+    commit: bool,
+) -> StoreResult<Position> {
+    let mut rest = changes;
+    let mut pos = open_apply(w)?;
+    while !rest.is_empty() {
+        let n = rest
+            .iter()
+            .position(|c| matches!(c.op, ChangeOp::Schema(_)))
+            .unwrap_or(rest.len());
+        pos = apply_batch(w, &inner.tables(), &rest[..n])?;
+        if let Some(ch) = rest.get(n)
+            && let ChangeOp::Schema(sc) = &ch.op
+        {
+            apply_schema(inner, w, ch, sc)?;
+            pos = open_apply(w)?;
+        }
+        rest = &rest[(n + 1).min(rest.len())..];
+    }
+    if commit {
+        commit_apply(w)?;
     }
     Ok(pos)
 }
@@ -669,8 +736,12 @@ impl MemberStore for SqliteStore {
 
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
         let changes = changes.to_vec();
-        let tables = self.tables();
-        self.with_writer(move |w, url| {
+        self.blocking(move |inner| {
+            let mut w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            let url = &inner.url;
             if w.installing.is_some() {
                 return Err(StoreError::Backend(
                     "a snapshot install is open: changes apply after its commit".into(),
@@ -686,14 +757,7 @@ impl MemberStore for SqliteStore {
                     other => other,
                 });
             }
-            let done = apply_batch(w, &tables, &changes).and_then(|pos| {
-                if commit {
-                    run_cached(&w.conn, "UPDATE us_state SET applying = 0 WHERE id = 1")?;
-                    run_cached(&w.conn, "COMMIT")?;
-                    w.apply = None;
-                }
-                Ok(pos)
-            });
+            let done = apply_all(inner, &mut w, &changes, commit);
             if done.is_err() {
                 // Nothing of a failed batch may stay, nor an open transaction
                 // with `applying = 1`.
@@ -853,6 +917,32 @@ impl MemberStore for SqliteStore {
 
     fn catalog(&self) -> Arc<Catalog> {
         self.tables().catalog.clone()
+    }
+
+    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
+        self.with_reader(|c, _| ddl::history(c)).await
+    }
+
+    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
+        let (sqlite, postgres) = (sqlite.to_string(), postgres.to_string());
+        self.blocking(move |inner| {
+            let w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            if w.installing.is_some() || w.apply.is_some() {
+                return Err(StoreError::Ddl(
+                    "this member is applying changes or installing a snapshot: it is not the active".into(),
+                ));
+            }
+            let before = inner.tables().catalog.clone();
+            let (sc, pos, cat) =
+                ddl::run_on_active(&w.conn, &inner.url, &inner.spec, &before, &sqlite, &postgres)?;
+            inner.set_tables(tables_of(&w.conn, Arc::new(cat))?);
+            tracing::info!(version = sc.version, position = %pos, "ran schema change");
+            Ok((sc, pos))
+        })
+        .await
     }
 
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool> {

@@ -19,7 +19,7 @@
 //! a passive that applied its changes compute the same images.
 
 use super::values;
-use crate::model::{Change, ChangeOp, Position, RowImage};
+use crate::model::{Change, ChangeOp, Position, RowImage, SchemaChange};
 use crate::store::{StoreError, StoreResult};
 use crate::tables::{Catalog, PortableType, TableDesc, TableName, Value};
 use rusqlite::types::ToSqlOutput;
@@ -264,11 +264,29 @@ pub(super) fn change_from_row(tables: &Tables, row: &Row<'_>, first: usize) -> S
     }
     .ok_or_else(|| corrupt(&at, "the table name is not text"))?;
     let op = int_at(row, first + 3, &at, "op")?;
-    let t = tables.get_str(tbl)?;
     let pos = Position::new(
         u64::try_from(epoch).map_err(|_| corrupt(&at, "epoch is negative"))?,
         u64::try_from(seq).map_err(|_| corrupt(&at, "seq is negative"))?,
     );
+    if op == super::ddl::OP_SCHEMA {
+        let text = |i: usize, what: &str| {
+            row.get::<_, String>(first + 4 + i)
+                .map_err(|_| corrupt(&at, &format!("the schema change's {what} is not text")))
+        };
+        let version = int_at(row, first + 4, &at, "the schema version")?;
+        let change = SchemaChange {
+            version: u64::try_from(version)
+                .map_err(|_| corrupt(&at, "the schema version is negative"))?,
+            sqlite: text(1, "SQLite DDL")?,
+            postgres: text(2, "PostgreSQL DDL")?,
+            fingerprint: text(3, "fingerprint")?,
+        };
+        return Ok(Change {
+            pos,
+            op: ChangeOp::Schema(change),
+        });
+    }
+    let t = tables.get_str(tbl)?;
     let op = match op {
         OP_UPSERT => ChangeOp::Upsert(RowImage::new(
             t.desc.name.clone(),
@@ -365,7 +383,7 @@ fn i64_of(v: u64, what: &str) -> StoreResult<i64> {
 /// triggers' back) and record it in the change log under its own position.
 /// The caller holds the apply transaction with `applying = 1`.
 pub(super) fn apply_change(conn: &Connection, tables: &Tables, ch: &Change) -> StoreResult<()> {
-    let t = tables.get(ch.table())?;
+    let t = tables.get_str(ch.table_str())?;
     let at = || format!("change {} ({} {})", ch.pos, t.desc.name, ch.op_name());
     let fail = |e: rusqlite::Error| StoreError::Backend(format!("applying {}: {e}", at()));
     let (op, values, row_sql, log_sql) = match &ch.op {
@@ -376,6 +394,12 @@ pub(super) fn apply_change(conn: &Connection, tables: &Tables, ch: &Change) -> S
         ChangeOp::Delete { key, .. } => {
             check_shape(t, key, key.len(), false, &at)?;
             (OP_DELETE, key, &t.delete, &t.log_delete)
+        }
+        ChangeOp::Schema(_) => {
+            return Err(StoreError::Shape(format!(
+                "{}: a schema change is not a row change",
+                at()
+            )));
         }
     };
     let vals = encode_all(t, values, &at)?;

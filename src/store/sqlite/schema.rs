@@ -48,9 +48,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: "",
         code: Some(super::legacy::convert),
     },
+    Migration {
+        version: 5,
+        name: "app_schema",
+        sql: include_str!("../../../schemas/sqlite/0005_app_schema.sql"),
+        code: None,
+    },
 ];
 
-pub(super) const LATEST: u32 = 4;
+pub(super) const LATEST: u32 = 5;
 
 /// The example schema, created by `init` when the config has no [capture].
 const EXAMPLE_SQL: &str = include_str!("../../../schemas/sqlite/example.sql");
@@ -346,7 +352,11 @@ fn ensure_width(conn: &Connection, width: usize) -> rusqlite::Result<()> {
 /// and generate their capture, cascade and fence triggers (dropping those
 /// of tables no longer captured). Runs in the caller's write transaction,
 /// so no write lands on a captured table uncaptured or unfenced.
-fn sync_capture(conn: &Connection, url: &str, spec: &CaptureSpec) -> StoreResult<Catalog> {
+pub(super) fn sync_capture(
+    conn: &Connection,
+    url: &str,
+    spec: &CaptureSpec,
+) -> StoreResult<Catalog> {
     {
         if spec.example {
             conn.execute_batch(EXAMPLE_SQL).map_err(err)?;

@@ -484,7 +484,7 @@ async fn init_upgrades_a_schema_3_database_keeping_its_log() {
             format!(
                 "{} {} {} {}",
                 c.pos,
-                c.table(),
+                c.table_str(),
                 c.op_name(),
                 key_text(c.key())
             )
@@ -516,7 +516,7 @@ async fn init_upgrades_a_schema_3_database_keeping_its_log() {
     assert_eq!(img.values[i], crate::tables::Value::Bool(false));
     let q = s.divergence_list(true).await.expect("quarantine");
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].change.table().as_str(), "projects");
+    assert_eq!(q[0].change.table_str(), "projects");
     // Writes after the upgrade are captured with the generated triggers and
     // continue the same seqs.
     app_conn(&db)
