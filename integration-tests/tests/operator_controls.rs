@@ -5,7 +5,9 @@
 use integration_tests::{
     accepts_writes, actives, control_cli, seed, understudy_bin, wait_until, write_workload,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use understudy::config::DatabaseUrl;
 use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
@@ -579,15 +581,43 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
     )
     .unwrap();
     let (status_a, token) = (cl.member("a").status.clone(), cl.options.token.clone());
-    let migrate = |file: &Path| {
-        std::process::Command::new(understudy_bin())
-            .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
-            .args(["--timeout-secs", "5", "--url", &status_a])
-            .args(["--token", &token])
-            .output()
-            .expect("run understudy migrate")
+    let migrate = move |file: PathBuf| {
+        let (status_a, token) = (status_a.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(understudy_bin())
+                .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
+                .args(["--timeout-secs", "5", "--url", &status_a])
+                .args(["--token", &token])
+                .output()
+                .expect("run understudy migrate")
+        })
     };
-    let out = migrate(&ddl);
+    // A steady writer on the active throughout: SQLite writers wait for
+    // the migration's lock; none may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (u, stop) = (url(&cl, "a"), stop.clone());
+        tokio::spawn(async move {
+            let mut app = AppConn::connect(&u).await.expect("writer connects");
+            let mut w = Workload::new(seed(64));
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                match app.execute(&[w.next_op()]).await {
+                    Ok(()) => ok += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = migrate(ddl.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, failed) = writer.await.unwrap();
+    assert!(failed.is_empty(), "application writes failed: {failed:?}");
+    assert!(ok > 50, "the writer wrote throughout ({ok} writes)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -643,7 +673,7 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
         "ALTER TABLE jobs ADD COLUMN owner_note TEXT;\nALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
     )
     .unwrap();
-    let out = migrate(&bad);
+    let out = migrate(bad).await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no such table: no_such_table"), "{stderr}");
@@ -661,4 +691,105 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
         !jobs.columns.iter().any(|c| c.name == "owner_note"),
         "{jobs:?}"
     );
+}
+
+/// Run SQL on a member's database behind its agent's back, as an operator
+/// with the sqlite3 shell would.
+fn by_hand(cl: &LocalCluster, id: &str, sql: &str) {
+    let Some(DatabaseUrl::Sqlite(path)) = cl.member(id).database.clone() else {
+        panic!("{id} is not an SQLite member");
+    };
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    c.execute_batch(sql).unwrap();
+}
+
+/// Drift: a column added by hand on a passive. The next schema change
+/// leaves that member's tables unlike the active's, so it stops applying
+/// at that change and says why (`apply.state = blocked`), while the other
+/// passive and the application go on; once the operator drops the column
+/// again it applies the change by itself and ends identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    by_hand(&cl, "b", "ALTER TABLE jobs ADD COLUMN note TEXT;");
+    let ddl = dir.path().join("add_priority.sql");
+    std::fs::write(
+        &ddl,
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(understudy_bin())
+        .args(["migrate", "--sql", ddl.to_str().unwrap(), "--json"])
+        .args(["--timeout-secs", "5", "--url", &cl.member("a").status])
+        .args(["--token", &cl.options.token])
+        .output()
+        .expect("run understudy migrate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "b drifted: {stdout}");
+    assert!(stdout.contains("\"b\""), "{stdout}");
+
+    let u = url(&cl, "a");
+    let mut w = Workload::new(seed(63));
+    write_workload(&u, &mut w, 50, 5).await.unwrap();
+    let blocked = cl
+        .wait_until(
+            Duration::from_secs(20),
+            "b blocked with the reason",
+            || async {
+                cl.status("b")
+                    .await
+                    .is_ok_and(|st| st["apply"]["state"] == "blocked")
+            },
+        )
+        .await;
+    if let Err(e) = blocked {
+        dump(&cl);
+        panic!("{e}");
+    }
+    let st = cl.status("b").await.unwrap();
+    assert_eq!(st["apply"]["state"], "blocked", "stays blocked: {st}");
+    cl.wait_until(
+        Duration::from_secs(10),
+        "b not promoting while blocked",
+        || async {
+            cl.status("b").await.is_ok_and(|st| {
+                st["failover"]["not_promoting"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r["reason"] == "apply_blocked"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    let reason = st["apply"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("fingerprint"), "{reason}");
+    assert_eq!(st["schema"]["version"], 0, "{st}");
+    let c = cl.status("c").await.unwrap();
+    assert_eq!(c["schema"]["version"], 1, "{c}");
+
+    by_hand(&cl, "b", "ALTER TABLE jobs DROP COLUMN note;");
+    let converged = cl.wait_converged("a", 1, Duration::from_secs(60)).await;
+    if converged.is_err() {
+        dump(&cl);
+    }
+    converged.unwrap();
+    let st = cl.status("b").await.unwrap();
+    assert_eq!(st["schema"]["version"], 1, "{st}");
+    cl.wait_until(Duration::from_secs(10), "b applying again", || async {
+        cl.status("b")
+            .await
+            .is_ok_and(|st| st["apply"]["state"] == "ok")
+    })
+    .await
+    .unwrap();
+    let want = integration_tests::checksums(&u).await.unwrap();
+    let got = integration_tests::checksums(&url(&cl, "b")).await.unwrap();
+    assert_eq!(got, want, "b differs from the active after the repair");
 }

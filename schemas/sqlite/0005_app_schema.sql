@@ -7,7 +7,9 @@
 -- fingerprint the tables have afterwards. The schema version a member is
 -- at is the largest version here (0 before any migration; the row of
 -- version 0 is written with the first migration and holds the fingerprint
--- the tables had before it).
+-- the tables had before it). `catalog` is the captured tables'
+-- description at that version (JSON): change-log entries older than a
+-- schema change are read with the description they were captured under.
 
 CREATE TABLE us_app_schema (
     version      INTEGER PRIMARY KEY,
@@ -16,5 +18,6 @@ CREATE TABLE us_app_schema (
     seq          INTEGER NOT NULL,
     sqlite_sql   TEXT NOT NULL,
     postgres_sql TEXT NOT NULL,
+    catalog      TEXT NOT NULL,
     at_ms        INTEGER NOT NULL
 );

@@ -226,6 +226,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
     let io = DriverIo {
         position: live.position_watch(),
+        apply_blocked: live.apply_blocked_watch(),
         inbound: drv_in_rx,
         commands: cmd_rx,
         shutdown: stop.clone(),

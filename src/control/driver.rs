@@ -236,6 +236,9 @@ pub struct DriverIo {
     /// This member's own change-log position (head on the active, applied
     /// position on a passive).
     pub position: watch::Receiver<Position>,
+    /// Whether this member's applier is blocked (its tables differ from
+    /// the active's).
+    pub apply_blocked: watch::Receiver<bool>,
     /// Controller messages from authenticated peers.
     pub inbound: mpsc::Receiver<(MemberId, Message)>,
     pub commands: mpsc::Receiver<CommandRequest>,
@@ -344,6 +347,7 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
         let mut inbound_open = true;
         let mut commands_open = true;
         let mut position_open = true;
+        let mut blocked_open = true;
         let mut last_tick = self.clock.now();
         let mut next_tick = last_tick.saturating_add(self.tick_every);
         loop {
@@ -356,6 +360,12 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
             // in one millisecond (a deadline already past must not spin).
             if self.needs_restart && now >= next_tick {
                 self.restart().await;
+                // The rebuilt engine starts unblocked: tell it again.
+                let blocked = *io.apply_blocked.borrow();
+                if !self.needs_restart && blocked {
+                    self.handle(Event::ApplyBlocked { blocked }, "apply blocked")
+                        .await;
+                }
                 last_tick = now;
                 next_tick = now.saturating_add(self.tick_every);
                 continue;
@@ -401,6 +411,15 @@ impl<S: ControlStore, N: PeerNet, R: RoleSink, C: Clock> Driver<S, N, R, C> {
                         }
                     }
                     Err(_) => position_open = false,
+                },
+                r = io.apply_blocked.changed(), if blocked_open => match r {
+                    Ok(()) => {
+                        let blocked = *io.apply_blocked.borrow_and_update();
+                        if !self.needs_restart {
+                            self.handle(Event::ApplyBlocked { blocked }, "apply blocked").await;
+                        }
+                    }
+                    Err(_) => blocked_open = false,
                 },
                 _ = tokio::time::sleep(delay) => {}
             }

@@ -34,6 +34,8 @@ pub struct Engine {
 
     // Volatile state: lost on restart, rebuilt from messages.
     position: Position,
+    /// The applier is blocked (see [`Event::ApplyBlocked`]).
+    apply_blocked: bool,
     now: Millis,
     jitter: Millis,
     mode: Mode,
@@ -145,6 +147,7 @@ impl Engine {
             vote: persisted.vote.clone(),
             paused: persisted.paused,
             position: persisted.position,
+            apply_blocked: false,
             now,
             jitter: 0,
             mode: Mode::Follower,
@@ -222,6 +225,7 @@ impl Engine {
                 self.on_message(from, msg, &mut out);
             }
             Event::Position { position } => self.on_position(position),
+            Event::ApplyBlocked { blocked } => self.apply_blocked = blocked,
             Event::FenceApplied { head } => self.on_fence_applied(head, &mut out),
             Event::PromoteHookDone { ok } => self.on_promote_hook_done(ok, &mut out),
             Event::Command(c) => self.on_command(c, &mut out),
@@ -505,6 +509,9 @@ impl Engine {
         }
         if self.cfg.no_failover {
             r.push(NotPromoting::NoFailover);
+        }
+        if self.apply_blocked {
+            r.push(NotPromoting::ApplyBlocked);
         }
         let lag = self.lag();
         if lag > self.cfg.max_failover_lag {

@@ -35,6 +35,10 @@ pub enum Event {
     /// The driver ran [`super::Action::RunPromoteHookGate`]: `ok` is whether
     /// `on_promote` succeeded (true when none is configured).
     PromoteHookDone { ok: bool },
+    /// Whether this member's applier is blocked (its tables differ from
+    /// the active's). A blocked member does not stand for election; it
+    /// still votes.
+    ApplyBlocked { blocked: bool },
     /// An operator command (from the CLI or the status endpoint).
     Command(Command),
 }

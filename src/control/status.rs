@@ -77,6 +77,10 @@ pub enum NotPromoting {
     /// Its blocking `on_promote` hook failed when it was last elected
     /// (`hooks.on_promote_blocks`); it stands again in `retry_in_ms`.
     PromoteHookFailed { retry_in_ms: Millis },
+    /// This member does not apply the active's changes (its captured
+    /// tables differ from the active's: `apply.reason` says how), so it
+    /// holds less than it seems to and must not become the active.
+    ApplyBlocked,
     /// A better candidate asked for votes, or a voter said one exists.
     CandidateAhead { member: MemberId },
     /// The last election round did not reach a majority.

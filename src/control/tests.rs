@@ -1557,3 +1557,28 @@ fn a_blocking_on_promote_that_fails_steps_down_and_backs_off() {
         }
     );
 }
+
+#[test]
+fn a_passive_whose_applier_is_blocked_does_not_stand_but_still_votes() {
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    assert_eq!(b.step(1, Event::ApplyBlocked { blocked: true }), vec![]);
+    // The active is gone for good: a blocked member stays put.
+    for t in (50..20_000).step_by(50) {
+        assert_eq!(b.step(t, tick()), vec![], "at {t} ms");
+    }
+    assert_eq!(b.not_promoting(20_000), vec![NotPromoting::ApplyBlocked]);
+    let out = b.step(20_001, recv("c", rv(2, "c", p(1, 10), 20_001)));
+    assert_eq!(
+        out[0],
+        Action::PersistVote {
+            epoch: Epoch(2),
+            candidate: m("c")
+        }
+    );
+    // Unblocked (its tables match again), it stands like any passive.
+    let mut b = start(cfg("b"), passive(1, "a", p(1, 10)), 0);
+    b.step(1, Event::ApplyBlocked { blocked: true });
+    assert_eq!(b.step(2, Event::ApplyBlocked { blocked: false }), vec![]);
+    let out = b.step(5000, tick());
+    assert_eq!(out[0], send("a", prv(2, "b", p(1, 10), 5000)));
+}

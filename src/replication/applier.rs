@@ -109,6 +109,16 @@ async fn session(
     // could not quarantine.
     let (position, snapshot_due, schema) = match store {
         Some(s) => {
+            // The tables as they are now, not as they were at start: a
+            // schema changed by hand must show in the handshake.
+            if let Err(e) = s.refresh_catalog().await {
+                let reason = format!("this member's captured tables cannot be read: {e}");
+                node.live.apply_blocked(Some(reason.clone()));
+                return Err(ReplicationError::Refused {
+                    member: active.clone(),
+                    reason,
+                });
+            }
             let st = s.state().await?;
             let version = s.schema_version().await?;
             let desc = SchemaDesc::of(&s.catalog(), version);
@@ -158,7 +168,6 @@ async fn session(
             {
                 return Err(schema_differs(node, active, d));
             }
-            node.live.apply_blocked(None);
             node.live.heard_active(h.position, Instant::now());
             node.live.peer_connected(active, h.role, h.position, true);
         }
@@ -242,6 +251,7 @@ async fn session(
                         if b.commit {
                             committed = pos;
                             node.live.applied(pos);
+                            node.live.apply_blocked(None);
                             node.live.database(Ok(()));
                             if let Err(e) = writer.send(&ClientMsg::Ack { applied: pos }).await {
                                 break Err(e.into());
@@ -251,6 +261,11 @@ async fn session(
                     ServerMsg::Heartbeat(h) => {
                         node.metrics.heartbeats_received.inc();
                         node.live.heard_active(h.position, Instant::now());
+                        // At the active's head after a handshake that found
+                        // the schemas equal: nothing is held back any more.
+                        if store.is_some() && committed >= h.position && !open_changes {
+                            node.live.apply_blocked(None);
+                        }
                     }
                     ServerMsg::SnapshotBegin(b) => {
                         let Some(store) = store else { continue };

@@ -86,6 +86,9 @@ pub struct Live {
     /// member's own position through it (head on the active, applied on a
     /// passive). Published after every update that moved it.
     position: watch::Sender<Position>,
+    /// Whether `apply_blocked` is set, as a watch: the promotion
+    /// controller does not stand for election while it is.
+    blocked: watch::Sender<bool>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -198,6 +201,7 @@ impl FailoverDoc {
                     | NotPromoting::NoFailover
                     | NotPromoting::Lagging { .. }
                     | NotPromoting::PromoteHookFailed { .. }
+                    | NotPromoting::ApplyBlocked
             )
         });
         FailoverDoc {
@@ -221,9 +225,11 @@ fn ms_since(t: Option<Instant>, now: Instant) -> u64 {
 impl Live {
     pub fn new(inner: LiveInner) -> Self {
         let (position, _) = watch::channel(inner.position);
+        let (blocked, _) = watch::channel(inner.apply_blocked.is_some());
         Live {
             inner: Mutex::new(inner),
             position,
+            blocked,
         }
     }
 
@@ -235,6 +241,11 @@ impl Live {
         };
         let out = f(&mut g);
         let pos = g.position;
+        self.blocked.send_if_modified(|b| {
+            let changed = *b != g.apply_blocked.is_some();
+            *b = g.apply_blocked.is_some();
+            changed
+        });
         // Published under the lock, so two updates can never publish out of
         // order (sending on a watch does not block).
         self.position.send_if_modified(|p| {
@@ -248,6 +259,11 @@ impl Live {
     /// This member's own position, as it moves.
     pub fn position_watch(&self) -> watch::Receiver<Position> {
         self.position.subscribe()
+    }
+
+    /// Whether applying is blocked, as it changes.
+    pub fn apply_blocked_watch(&self) -> watch::Receiver<bool> {
+        self.blocked.subscribe()
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&LiveInner) -> T) -> T {

@@ -252,6 +252,9 @@ pub trait MemberStore: Send + Sync {
     async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
         Ok(Vec::new())
     }
+    /// Read the captured tables' description from the database again (a
+    /// schema changed by hand shows in the next handshake's fingerprint).
+    async fn refresh_catalog(&self) -> StoreResult<()>;
     /// The schema version this member is at (0 before any migration).
     async fn schema_version(&self) -> StoreResult<u64> {
         Ok(self.schema_history().await?.last().map_or(0, |h| h.0))
@@ -516,6 +519,9 @@ impl MemberStore for AnyStore {
     }
     async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
         delegate!(self, s => s.schema_history().await)
+    }
+    async fn refresh_catalog(&self) -> StoreResult<()> {
+        delegate!(self, s => s.refresh_catalog().await)
     }
     async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
         delegate!(self, s => s.migrate(sqlite, postgres).await)

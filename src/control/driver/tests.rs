@@ -195,8 +195,10 @@ async fn build(me: &str, inboxes: &Inboxes, seed: u64) -> (TestDriver, DriverIo,
     let (pos_tx, pos_rx) = watch::channel(Position::new(1, 10));
     let (cmd_tx, cmd_rx) = mpsc::channel(4);
     let (sd_tx, sd_rx) = watch::channel(false);
+    let (_blocked_tx, blocked_rx) = watch::channel(false);
     let io = DriverIo {
         position: pos_rx,
+        apply_blocked: blocked_rx,
         inbound: in_rx,
         commands: cmd_rx,
         shutdown: sd_rx,

@@ -328,6 +328,10 @@ impl MemberStore for PgStore {
         Ok(report)
     }
 
+    async fn refresh_catalog(&self) -> StoreResult<()> {
+        self.check_schema().await
+    }
+
     async fn check_schema(&self) -> StoreResult<()> {
         let c = self.reader.get().await?;
         let tables = schema::check(&*c, &self.url, &self.spec).await?;

@@ -10,12 +10,14 @@
 //! a member with DDL applied but capture triggers of the old shape (the
 //! regeneration is in the same transaction).
 
+use super::rows::Tables;
 use super::schema::sync_capture;
 use super::{err, i64_of, now_ms_sql, u64_of};
 use crate::model::{Position, SchemaChange};
 use crate::store::{StoreError, StoreResult};
 use crate::tables::{CaptureSpec, Catalog};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::sync::Arc;
 
 /// The change-log op of a schema change.
 pub(super) const OP_SCHEMA: i64 = 3;
@@ -47,33 +49,104 @@ pub(super) fn history(conn: &Connection) -> StoreResult<Vec<(u64, String)>> {
     .collect()
 }
 
-/// Record `sc` at `pos` in the history; with the first migration, also
-/// version 0, the fingerprint the tables had before it.
+fn catalog_json(c: &Catalog) -> StoreResult<String> {
+    serde_json::to_string(c.tables())
+        .map_err(|e| StoreError::Backend(format!("describing the captured tables: {e}")))
+}
+
+/// Record `sc` at `pos` in the history with the tables `after` it; with
+/// the first migration, also version 0: the tables `before` it.
 fn record(
     conn: &Connection,
     before: &Catalog,
+    after: &Catalog,
     sc: &SchemaChange,
     pos: Position,
 ) -> StoreResult<()> {
     let now = now_ms_sql();
     conn.execute(
-        &format!("INSERT OR IGNORE INTO us_app_schema VALUES (0, ?1, 0, 0, '', '', {now})"),
-        [before.fingerprint()],
+        &format!("INSERT OR IGNORE INTO us_app_schema VALUES (0, ?1, 0, 0, '', '', ?2, {now})"),
+        params![before.fingerprint(), catalog_json(before)?],
     )
     .map_err(err)?;
     conn.execute(
-        &format!("INSERT INTO us_app_schema VALUES (?1, ?2, ?3, ?4, ?5, ?6, {now})"),
+        &format!("INSERT INTO us_app_schema VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {now})"),
         params![
             i64_of(sc.version, "schema version")?,
             sc.fingerprint,
             i64_of(pos.epoch, "epoch")?,
             i64_of(pos.seq, "seq")?,
             sc.sqlite,
-            sc.postgres
+            sc.postgres,
+            catalog_json(after)?
         ],
     )
     .map_err(err)?;
     Ok(())
+}
+
+/// The captured tables of every recorded version, with the seq of the
+/// schema change that began it (0 for version 0), oldest first: a
+/// change-log entry at seq `s` was captured under the last version whose
+/// seq is below `s`.
+pub(super) fn versions(conn: &Connection) -> StoreResult<Vec<(u64, Catalog)>> {
+    let mut st = conn
+        .prepare_cached("SELECT version, seq, catalog FROM us_app_schema ORDER BY version")
+        .map_err(err)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    rows.map(|r| {
+        let (v, seq, json) = r.map_err(err)?;
+        let bad = |why: String| StoreError::Corrupt(format!("us_app_schema version {v}: {why}"));
+        let tables = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
+        let cat = Catalog::build(tables, &[]).map_err(|e| bad(e.to_string()))?;
+        Ok((u64_of(seq, "seq")?, cat))
+    })
+    .collect()
+}
+
+/// Earlier versions' tables, each with the seq of the schema change that
+/// ended it.
+pub(super) type OlderTables = Vec<(u64, Arc<Tables>)>;
+
+/// The tables of every version before the current one, each with the seq
+/// of the schema change that ended it (see [`versions`]); empty before the
+/// first migration or on a database older than schema 5.
+pub(super) fn older_tables(conn: &Connection) -> StoreResult<OlderTables> {
+    let all = match versions(conn) {
+        Ok(v) => v,
+        Err(StoreError::Backend(e)) if e.contains("no such table") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(all
+        .windows(2)
+        .map(|w| {
+            (
+                w[1].0,
+                Arc::new(Tables::new(Arc::new(w[0].1.clone()), |_| true)),
+            )
+        })
+        .collect())
+}
+
+/// The tables a change-log entry at `seq` was captured under: an older
+/// version's when a schema change followed it, else `current`.
+pub(super) fn tables_at<'a>(
+    older: &'a [(u64, Arc<Tables>)],
+    current: &'a Tables,
+    seq: u64,
+) -> &'a Tables {
+    older
+        .iter()
+        .find(|(end, _)| seq < *end)
+        .map_or(current, |(_, t)| t)
 }
 
 /// The log entry of `sc` at `seq` (`None`: the next seq) and epoch `epoch`.
@@ -143,7 +216,7 @@ pub(super) fn run_on_active(
             fingerprint: cat.fingerprint().to_string(),
         };
         let pos = log_entry(conn, &sc, None)?;
-        record(conn, before, &sc, pos)?;
+        record(conn, before, &cat, &sc, pos)?;
         conn.execute_batch("UPDATE us_state SET applying = 0 WHERE id = 1; COMMIT")
             .map_err(err)?;
         Ok((sc, pos, cat))
@@ -216,6 +289,6 @@ pub(super) fn apply_on_passive(
         )));
     }
     log_entry(conn, sc, Some(pos))?;
-    record(conn, before, sc, pos)?;
+    record(conn, before, &cat, sc, pos)?;
     Ok(cat)
 }

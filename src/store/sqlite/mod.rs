@@ -98,6 +98,10 @@ struct Inner {
     /// The captured tables and their statements, read from the catalog at
     /// open and again by `init`.
     tables: RwLock<Arc<Tables>>,
+    /// The captured tables of earlier schema versions, each with the seq
+    /// of the schema change that ended it: change-log entries are read
+    /// with the tables they were captured under.
+    older: RwLock<Arc<ddl::OlderTables>>,
     writer: Mutex<Writer>,
     reader: Mutex<Connection>,
     waiter: wake::CommitWaiter,
@@ -237,10 +241,13 @@ impl SqliteStore {
             .map_err(err)?;
         let probe = connect(&path, &url, false)?;
         let waiter = wake::CommitWaiter::new(&path, probe)?;
-        let tables = if create {
-            Tables::empty()
+        let (tables, older) = if create {
+            (Tables::empty(), Vec::new())
         } else {
-            load_tables(&reader, &url, &spec)?
+            (
+                load_tables(&reader, &url, &spec)?,
+                ddl::older_tables(&reader)?,
+            )
         };
         let store = SqliteStore {
             inner: Arc::new(Inner {
@@ -248,6 +255,7 @@ impl SqliteStore {
                 url,
                 spec,
                 tables: RwLock::new(Arc::new(tables)),
+                older: RwLock::new(Arc::new(older)),
                 writer: Mutex::new(Writer {
                     conn: writer,
                     apply: None,
@@ -349,6 +357,24 @@ impl Inner {
             Ok(t) => t.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    fn older(&self) -> Arc<ddl::OlderTables> {
+        match self.older.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// After a schema change: the new tables, and the history re-read.
+    fn set_schema(&self, conn: &Connection, t: Tables) -> StoreResult<()> {
+        let older = Arc::new(ddl::older_tables(conn)?);
+        match self.older.write() {
+            Ok(mut g) => *g = older,
+            Err(p) => *p.into_inner() = older,
+        }
+        self.set_tables(t);
+        Ok(())
     }
 
     fn set_tables(&self, t: Tables) {
@@ -529,9 +555,10 @@ fn logged_epoch(conn: &Connection, seq: i64) -> StoreResult<Option<u64>> {
 }
 
 /// Committed changes after `after_seq` (see [`MemberStore::read_changes`]).
-fn read_log(
+fn read_log<'a>(
     c: &Connection,
     tables: &Tables,
+    tables_at: &dyn Fn(u64) -> &'a Tables,
     url: &str,
     after_seq: u64,
     max_changes: usize,
@@ -557,7 +584,8 @@ fn read_log(
             out.at_head = false;
             break;
         }
-        let ch = rows::change_from_row(tables, row, 0)?;
+        let seq: i64 = row.get(0).map_err(err)?;
+        let ch = rows::change_from_row(tables_at(u64_of(seq, "seq")?), row, 0)?;
         let size = ch.approx_bytes();
         if !out.changes.is_empty() && bytes.saturating_add(size) > max_bytes {
             out.at_head = false;
@@ -664,9 +692,14 @@ fn apply_schema(inner: &Inner, w: &mut Writer, ch: &Change, sc: &SchemaChange) -
     let before = inner.tables().catalog.clone();
     let cat = ddl::apply_on_passive(&w.conn, &inner.url, &inner.spec, &before, sc, ch.pos)?;
     set_position(&w.conn, ch.pos)?;
+    // No log read between the commit and the new tables.
+    let _reads = inner
+        .reader
+        .lock()
+        .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
     commit_apply(w)?;
     tracing::info!(version = sc.version, position = %ch.pos, "applied schema change");
-    inner.set_tables(tables_of(&w.conn, Arc::new(cat))?);
+    inner.set_schema(&w.conn, tables_of(&w.conn, Arc::new(cat))?)?;
     Ok(())
 }
 
@@ -728,10 +761,16 @@ impl MemberStore for SqliteStore {
         max_changes: usize,
         max_bytes: usize,
     ) -> StoreResult<ChangeRead> {
-        let tables = self.tables();
-        // One statement: one short read transaction, stepped lazily.
-        self.with_reader(move |c, url| read_log(c, &tables, url, after_seq, max_changes, max_bytes))
-            .await
+        // One statement: one short read transaction, stepped lazily. The
+        // tables are taken under the reader's lock, which a schema change
+        // holds from its commit until its tables are in place.
+        let inner = self.inner.clone();
+        self.with_reader(move |c, url| {
+            let (tables, older) = (inner.tables(), inner.older());
+            let at = |seq: u64| ddl::tables_at(&older, &tables, seq);
+            read_log(c, &tables, &at, url, after_seq, max_changes, max_bytes)
+        })
+        .await
     }
 
     async fn apply(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
@@ -919,6 +958,25 @@ impl MemberStore for SqliteStore {
         self.tables().catalog.clone()
     }
 
+    async fn refresh_catalog(&self) -> StoreResult<()> {
+        self.blocking(|inner| {
+            let c = inner
+                .reader
+                .lock()
+                .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
+            let fresh = load_tables(&c, &inner.url, &inner.spec)?;
+            if fresh.catalog.fingerprint() != inner.tables().catalog.fingerprint() {
+                tracing::warn!(
+                    fingerprint = fresh.catalog.fingerprint(),
+                    "the captured tables changed outside understudy"
+                );
+                inner.set_tables(fresh);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
         self.with_reader(|c, _| ddl::history(c)).await
     }
@@ -936,9 +994,14 @@ impl MemberStore for SqliteStore {
                 ));
             }
             let before = inner.tables().catalog.clone();
+            // No log read between the commit and the new tables.
+            let _reads = inner
+                .reader
+                .lock()
+                .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
             let (sc, pos, cat) =
                 ddl::run_on_active(&w.conn, &inner.url, &inner.spec, &before, &sqlite, &postgres)?;
-            inner.set_tables(tables_of(&w.conn, Arc::new(cat))?);
+            inner.set_schema(&w.conn, tables_of(&w.conn, Arc::new(cat))?)?;
             tracing::info!(version = sc.version, position = %pos, "ran schema change");
             Ok((sc, pos))
         })
