@@ -793,3 +793,100 @@ async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
     let got = integration_tests::checksums(&url(&cl, "b")).await.unwrap();
     assert_eq!(got, want, "b differs from the active after the repair");
 }
+
+/// `understudy migrate --sql file` through member `via`'s endpoint.
+async fn migrate_via(cl: &LocalCluster, via: &str, file: PathBuf) -> std::process::Output {
+    let (status, token) = (cl.member(via).status.clone(), cl.options.token.clone());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(understudy_bin())
+            .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
+            .args(["--timeout-secs", "10", "--url", &status, "--token", &token])
+            .output()
+            .expect("run understudy migrate")
+    })
+    .await
+    .unwrap()
+}
+
+/// Every data member at `version` with the active's checksums.
+async fn same_schema_and_rows(cl: &LocalCluster, active: &str, version: u64) {
+    let converged = cl.wait_converged(active, 1, Duration::from_secs(60)).await;
+    if converged.is_err() {
+        dump(cl);
+    }
+    converged.unwrap();
+    let want = integration_tests::checksums(&url(cl, active))
+        .await
+        .unwrap();
+    for m in ["a", "b", "c"] {
+        let st = cl.status(m).await.unwrap();
+        assert_eq!(st["schema"]["version"], version, "{m}: {st}");
+        let got = integration_tests::checksums(&url(cl, m)).await.unwrap();
+        assert_eq!(got, want, "{m} differs from the active {active}");
+    }
+}
+
+/// A kill -9 of the active right after a schema change, then a second
+/// change on the new active followed at once by a switchover back: every
+/// member ends at the last version with the same rows, the killed member
+/// included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let v1 = dir.path().join("v1.sql");
+    std::fs::write(
+        &v1,
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 3;\n",
+    )
+    .unwrap();
+    let out = migrate_via(&cl, "a", v1).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cl.kill("a");
+    cl.wait_until(
+        Duration::from_secs(30),
+        "a new active among b and c",
+        || async { actives(&cl).await.iter().any(|m| m != "a") },
+    )
+    .await
+    .unwrap();
+    let now_active: Vec<String> = actives(&cl)
+        .await
+        .into_iter()
+        .filter(|m| m != "a")
+        .collect();
+    let new = now_active[0].clone();
+    assert_ne!(new, "a");
+    cl.wait_active(&new, Duration::from_secs(30)).await.unwrap();
+    let mut w = Workload::new(seed(65));
+    write_workload(&url(&cl, &new), &mut w, 60, 5)
+        .await
+        .unwrap();
+    cl.start("a").unwrap();
+    same_schema_and_rows(&cl, &new, 1).await;
+
+    let v2 = dir.path().join("v2.sql");
+    std::fs::write(
+        &v2,
+        "CREATE INDEX jobs_priority ON jobs(priority);\nALTER TABLE projects ADD COLUMN owner TEXT;\n",
+    )
+    .unwrap();
+    let out = migrate_via(&cl, &new, v2).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    control_cli(&cl, &new, &["switchover", "--to", "a"]);
+    cl.wait_active("a", Duration::from_secs(30)).await.unwrap();
+    write_workload(&url(&cl, "a"), &mut w, 60, 5).await.unwrap();
+    same_schema_and_rows(&cl, "a", 2).await;
+}

@@ -30,7 +30,8 @@ pub struct MemberRow {
     pub status_url: Option<String>,
     pub reachable: bool,
     pub error: Option<String>,
-    /// The captured tables' fingerprint (`schema.fingerprint`).
+    /// The schema version and the captured tables' fingerprint
+    /// (`schema.version`, `schema.fingerprint`), as `v1/0f1e...`.
     pub schema: Option<String>,
     /// `blocked` with its reason, when applying is blocked.
     pub apply_blocked: Option<String>,
@@ -80,7 +81,9 @@ fn row_from(doc: &Value, url: String) -> MemberRow {
         status_url: Some(url),
         reachable: true,
         error: None,
-        schema: s_at(doc, "schema", "fingerprint").filter(|f| !f.is_empty()),
+        schema: s_at(doc, "schema", "fingerprint")
+            .filter(|f| !f.is_empty())
+            .map(|f| format!("v{}/{f}", doc["schema"]["version"].as_u64().unwrap_or(0))),
         apply_blocked: (doc["apply"]["state"].as_str() == Some("blocked"))
             .then(|| s_at(doc, "apply", "reason").unwrap_or_default()),
     }
@@ -304,7 +307,7 @@ mod tests {
             "cluster": "prod", "member": "b", "role": "passive", "epoch": 2,
             "active": "a", "position": {"epoch": 2, "seq": 38},
             "lag": {"changes": 2, "ms": 12}, "last_heartbeat_ms": 150,
-            "schema": {"version": 0, "fingerprint": "0f1e2d3c4b5a6978"},
+            "schema": {"version": 2, "fingerprint": "0f1e2d3c4b5a6978"},
             "apply": {"state": "blocked", "reason": "column jobs.x is missing here"},
             "peers": [{"member": "a", "connected": true, "witness": false}]
         });
@@ -355,7 +358,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            lines[3].contains("0f1e2d3c4b5a6978") && lines[3].ends_with("blocked"),
+            lines[3].contains("v2/0f1e2d3c4b5a6978") && lines[3].ends_with("blocked"),
             "{t}"
         );
         assert!(lines[4].contains("unreachable"), "{t}");
