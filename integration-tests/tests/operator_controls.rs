@@ -890,3 +890,45 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
     write_workload(&url(&cl, "a"), &mut w, 60, 5).await.unwrap();
     same_schema_and_rows(&cl, "a", 2).await;
 }
+
+/// A member that was down through two schema changes takes a snapshot
+/// (`understudy resnapshot`): the snapshot carries the changes, the member
+/// runs them before the rows, and it streams on at the active's version
+/// with the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_carries_the_schema_changes_the_member_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    cl.stop("c", Duration::from_secs(10));
+    let mut w = Workload::new(seed(66));
+    for (i, sql) in [
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;",
+        "ALTER TABLE keys ADD COLUMN rotated_at TEXT;\nUPDATE projects SET description = 'migrated' WHERE description IS NULL;",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let f = dir.path().join(format!("v{}.sql", i + 1));
+        std::fs::write(&f, sql).unwrap();
+        let out = migrate_via(&cl, "a", f).await;
+        assert_eq!(out.status.code(), Some(3), "c is down: {}", String::from_utf8_lossy(&out.stderr));
+        write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
+    }
+    let out = std::process::Command::new(&cl.bin)
+        .args(["resnapshot", "--config"])
+        .arg(&cl.member("c").config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cl.start("c").unwrap();
+    write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
+    same_schema_and_rows(&cl, "a", 2).await;
+}

@@ -146,6 +146,7 @@ pub async fn send<W: AsyncWrite + Unpin + Send>(
                 position: progress.position,
                 rows_total: progress.rows_total,
                 reason: reason.to_string(),
+                schema: reader.schema_changes(),
             }))
             .await?;
         let (max_rows, max_bytes) = chunk_limits(node);
@@ -194,6 +195,10 @@ impl Installer {
             reason = %b.reason, "snapshot install starts"
         );
         store.install_snapshot_begin(b.position).await?;
+        if let Err(e) = store.install_snapshot_schema(&b.schema).await {
+            let _ = store.abort_apply().await;
+            return Err(e.into());
+        }
         Ok(Installer {
             progress: SnapshotProgress::new(from.clone(), false, b.position, b.rows_total),
             last_log: Instant::now(),

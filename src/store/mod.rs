@@ -268,6 +268,19 @@ pub trait MemberStore: Send + Sync {
             "PostgreSQL members do not run schema changes through the change log yet: only clusters of SQLite members can use `understudy migrate`".into(),
         ))
     }
+    /// Inside an open snapshot install: run the schema changes of
+    /// `changes` this member lacks (the snapshot's rows are shaped by
+    /// them), each checked against its fingerprint. They commit or roll
+    /// back with the install.
+    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
+        match changes.last() {
+            None => Ok(()),
+            Some(sc) => Err(StoreError::Shape(format!(
+                "the snapshot is at schema version {}, and PostgreSQL members do not take schema changes through understudy yet",
+                sc.version
+            ))),
+        }
+    }
     /// Wait until a commit may have happened since the last call, or until
     /// `timeout` (the safety-net poll). Returns true when woken by a hint.
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool>;
@@ -363,6 +376,14 @@ impl SnapshotReader {
         match self {
             SnapshotReader::Sqlite(s) => s.position(),
             SnapshotReader::Postgres(s) => s.position(),
+        }
+    }
+
+    /// The schema changes the rows are shaped by (read with them).
+    pub fn schema_changes(&self) -> Vec<SchemaChange> {
+        match self {
+            SnapshotReader::Sqlite(s) => s.schema_changes().to_vec(),
+            SnapshotReader::Postgres(_) => Vec::new(),
         }
     }
 
@@ -525,6 +546,9 @@ impl MemberStore for AnyStore {
     }
     async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
         delegate!(self, s => s.migrate(sqlite, postgres).await)
+    }
+    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
+        delegate!(self, s => s.install_snapshot_schema(changes).await)
     }
     async fn trim_log(&self, upto: u64) -> StoreResult<u64> {
         delegate!(self, s => s.trim_log(upto).await)

@@ -242,6 +242,10 @@ pub struct SnapshotBegin {
     pub rows_total: u64,
     /// Why a snapshot is sent (for the passive's log).
     pub reason: String,
+    /// Every schema change the rows are shaped by, oldest first: the
+    /// passive runs those it lacks in the install transaction, before
+    /// the rows.
+    pub schema: Vec<crate::model::SchemaChange>,
 }
 
 /// A run of changes in log order.

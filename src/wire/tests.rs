@@ -139,13 +139,26 @@ fn arb_server() -> impl Strategy<Value = ServerMsg> {
                 })
             ),
         arb_heartbeat().prop_map(ServerMsg::Heartbeat),
-        (arb_position(), any::<u64>(), arb_text()).prop_map(|(position, rows_total, reason)| {
-            ServerMsg::SnapshotBegin(SnapshotBegin {
-                position,
-                rows_total,
-                reason,
-            })
-        }),
+        (
+            arb_position(),
+            any::<u64>(),
+            arb_text(),
+            any::<u64>(),
+            arb_text()
+        )
+            .prop_map(|(position, rows_total, reason, version, sql)| {
+                ServerMsg::SnapshotBegin(SnapshotBegin {
+                    position,
+                    rows_total,
+                    reason,
+                    schema: vec![crate::model::SchemaChange {
+                        version,
+                        sqlite: sql.clone(),
+                        postgres: sql,
+                        fingerprint: "0f1e2d3c4b5a6978".into(),
+                    }],
+                })
+            }),
         proptest::collection::vec(arb_row(), 0..8)
             .prop_map(|rows| ServerMsg::SnapshotChunk { rows }),
         any::<u64>().prop_map(|rows| ServerMsg::SnapshotEnd { rows }),

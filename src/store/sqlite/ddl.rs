@@ -149,6 +149,59 @@ pub(super) fn tables_at<'a>(
         .map_or(current, |(_, t)| t)
 }
 
+/// Every schema change recorded here (version 1 on), oldest first.
+pub(super) fn changes(conn: &Connection) -> StoreResult<Vec<SchemaChange>> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT version, sqlite_sql, postgres_sql, fingerprint FROM us_app_schema
+             WHERE version > 0 ORDER BY version",
+        )
+        .map_err(err)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .map_err(err)?;
+    rows.map(|r| {
+        let (v, sqlite, postgres, fingerprint) = r.map_err(err)?;
+        Ok(SchemaChange {
+            version: u64_of(v, "schema version")?,
+            sqlite,
+            postgres,
+            fingerprint,
+        })
+    })
+    .collect()
+}
+
+/// In a snapshot install: run the changes of `changes` after this
+/// member's version, each checked as a passive checks one from the log
+/// (there is no log entry: the install empties the log). Returns the
+/// tables after the last one, or `None` when none was needed.
+pub(super) fn apply_in_install(
+    conn: &Connection,
+    url: &str,
+    spec: &CaptureSpec,
+    before: &Catalog,
+    changes: &[SchemaChange],
+) -> StoreResult<Option<Catalog>> {
+    let mut have = current_version(conn)?;
+    let mut cat: Option<Catalog> = None;
+    for sc in changes {
+        if sc.version <= have {
+            continue;
+        }
+        let prev = cat.clone().unwrap_or_else(|| before.clone());
+        let next = run_as_passive(conn, url, spec, sc, have)?;
+        // Entries below the snapshot are gone: no log entry decodes with
+        // the older tables any more, so the change is recorded at seq 0.
+        record(conn, &prev, &next, sc, Position::ZERO)?;
+        have = sc.version;
+        cat = Some(next);
+    }
+    Ok(cat)
+}
+
 /// The log entry of `sc` at `seq` (`None`: the next seq) and epoch `epoch`.
 fn log_entry(conn: &Connection, sc: &SchemaChange, pos: Option<Position>) -> StoreResult<Position> {
     let version = i64_of(sc.version, "schema version")?;
@@ -252,26 +305,21 @@ fn check_active(conn: &Connection) -> StoreResult<()> {
     }))
 }
 
-/// Apply `sc` at `pos` inside the caller's open apply transaction: the
-/// DDL, the regeneration, the drift check, the log entry and the history.
-/// The caller commits, then uses the returned catalog. A DDL that fails
-/// here, or tables that end up unlike the active's, are drift: a
-/// [`StoreError::Shape`] the applier shows as `apply.state = blocked`.
-pub(super) fn apply_on_passive(
+/// Run `sc`'s DDL on a member at version `have`, regenerate, and check the
+/// fingerprint: any failure is drift, a [`StoreError::Shape`].
+fn run_as_passive(
     conn: &Connection,
     url: &str,
     spec: &CaptureSpec,
-    before: &Catalog,
     sc: &SchemaChange,
-    pos: Position,
+    have: u64,
 ) -> StoreResult<Catalog> {
     let drift = |why: String| {
         StoreError::Shape(format!(
-            "schema version {} (change {pos}) cannot be applied here: {why}; this member's captured tables differ from what the active had before it: compare `understudy tables` on both and repair this member's schema by hand (applying resumes by itself once it matches)",
+            "schema version {} cannot be applied here: {why}; this member's captured tables differ from what the active had before it: compare `understudy tables` on both and repair this member's schema by hand (applying resumes by itself once it matches)",
             sc.version
         ))
     };
-    let have = current_version(conn)?;
     if sc.version != have + 1 {
         return Err(drift(format!(
             "this member is at schema version {have}, and the change brings version {}",
@@ -288,6 +336,27 @@ pub(super) fn apply_on_passive(
             sc.fingerprint
         )));
     }
+    Ok(cat)
+}
+
+/// Apply `sc` at `pos` inside the caller's open apply transaction: the
+/// DDL, the regeneration, the drift check, the log entry and the history.
+/// The caller commits, then uses the returned catalog. A DDL that fails
+/// here, or tables that end up unlike the active's, are drift: a
+/// [`StoreError::Shape`] the applier shows as `apply.state = blocked`.
+pub(super) fn apply_on_passive(
+    conn: &Connection,
+    url: &str,
+    spec: &CaptureSpec,
+    before: &Catalog,
+    sc: &SchemaChange,
+    pos: Position,
+) -> StoreResult<Catalog> {
+    let have = current_version(conn)?;
+    let cat = run_as_passive(conn, url, spec, sc, have).map_err(|e| match e {
+        StoreError::Shape(why) => StoreError::Shape(format!("change {pos}: {why}")),
+        other => other,
+    })?;
     log_entry(conn, sc, Some(pos))?;
     record(conn, before, &cat, sc, pos)?;
     Ok(cat)

@@ -68,6 +68,9 @@ struct Writer {
     apply: Option<Position>,
     /// `Some(snapshot position)` while a snapshot install transaction is open.
     installing: Option<Position>,
+    /// The tables an open install's schema changes made (taken at its
+    /// commit, dropped with a rollback).
+    install_tables: Option<Arc<Tables>>,
 }
 
 impl Writer {
@@ -78,6 +81,7 @@ impl Writer {
         if self.apply.take().is_some() {
             tracing::warn!(reason = why, "rolling back an open apply transaction");
         }
+        self.install_tables = None;
         if self.installing.take().is_some() {
             tracing::warn!(reason = why, "rolling back an open snapshot install");
             snapshot::reset_cache(&self.conn);
@@ -260,6 +264,7 @@ impl SqliteStore {
                     conn: writer,
                     apply: None,
                     installing: None,
+                    install_tables: None,
                 }),
                 reader: Mutex::new(reader),
                 waiter,
@@ -1054,14 +1059,63 @@ impl MemberStore for SqliteStore {
             .await
     }
 
+    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
+        let changes = changes.to_vec();
+        self.blocking(move |inner| {
+            let mut w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            if w.installing.is_none() {
+                return Err(StoreError::Backend(
+                    "no snapshot install is open (it was rolled back)".into(),
+                ));
+            }
+            let before = inner.tables().catalog.clone();
+            let after = ddl::apply_in_install(&w.conn, &inner.url, &inner.spec, &before, &changes);
+            match after {
+                Ok(Some(cat)) => {
+                    w.install_tables = Some(Arc::new(tables_of(&w.conn, Arc::new(cat))?));
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    w.end_apply("the snapshot's schema changes failed here");
+                    Err(e)
+                }
+            }
+        })
+        .await
+    }
+
     async fn install_snapshot_rows(&self, rows: &[crate::model::RowImage]) -> StoreResult<()> {
         let (rows, tables) = (rows.to_vec(), self.tables());
-        self.with_writer(move |w, _| snapshot::install_rows(w, &tables, &rows))
-            .await
+        self.with_writer(move |w, _| {
+            let tables = w.install_tables.clone().unwrap_or(tables);
+            snapshot::install_rows(w, &tables, &rows)
+        })
+        .await
     }
 
     async fn install_snapshot_commit(&self) -> StoreResult<Position> {
-        self.with_writer(|w, _| snapshot::install_commit(w)).await
+        self.blocking(|inner| {
+            let mut w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            let new_tables = w.install_tables.take();
+            // No log read between the commit and the new tables.
+            let _reads = inner
+                .reader
+                .lock()
+                .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
+            let pos = snapshot::install_commit(&mut w)?;
+            if let Some(t) = new_tables {
+                inner.set_schema(&w.conn, tables_of(&w.conn, t.catalog.clone())?)?;
+            }
+            Ok(pos)
+        })
+        .await
     }
 
     async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64> {

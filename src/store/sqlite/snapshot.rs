@@ -16,7 +16,7 @@
 
 use super::rows::{self, TableSql, Tables};
 use super::{Writer, connect, err, i64_of, not_initialised_or, position};
-use crate::model::{Position, RowImage};
+use crate::model::{Position, RowImage, SchemaChange};
 use crate::store::{StoreError, StoreResult};
 use rusqlite::{Connection, params};
 use std::path::Path;
@@ -30,6 +30,9 @@ pub struct SqliteSnapshot {
     tables: Arc<Tables>,
     position: Position,
     rows_total: u64,
+    /// The schema changes the rows are shaped by, read in the snapshot's
+    /// own read transaction.
+    schema: Vec<SchemaChange>,
     /// Index into the catalog (parents first) of the table being read.
     table: usize,
     /// Where to continue in that table (keyset pagination).
@@ -78,11 +81,13 @@ impl SqliteSnapshot {
                 .map_err(|e| not_initialised_or(e, url))?;
             total += n;
         }
+        let schema = super::ddl::changes(&conn)?;
         Ok(SqliteSnapshot {
             conn: Some(conn),
             tables,
             position,
             rows_total: u64::try_from(total).unwrap_or(0),
+            schema,
             table: 0,
             after: Cursor::default(),
         })
@@ -94,6 +99,10 @@ impl SqliteSnapshot {
 
     pub fn rows_total(&self) -> u64 {
         self.rows_total
+    }
+
+    pub fn schema_changes(&self) -> &[SchemaChange] {
+        &self.schema
     }
 
     pub async fn next_chunk(
