@@ -932,3 +932,31 @@ async fn a_snapshot_carries_the_schema_changes_the_member_missed() {
     write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
     same_schema_and_rows(&cl, "a", 2).await;
 }
+
+/// A schema change while a passive is cut off (its agent frozen): the
+/// command names it (exit 3), the rest go on, and once it is back it
+/// applies the change at its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_while_a_passive_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cl = create(dir.path(), &["a", "b", "c"]);
+    add_top(&cl, "b", "no_failover = true");
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    cl.freeze("b", true);
+    let f = dir.path().join("v1.sql");
+    std::fs::write(
+        &f,
+        "ALTER TABLE projects ADD COLUMN region TEXT NOT NULL DEFAULT 'eu';",
+    )
+    .unwrap();
+    let out = migrate_via(&cl, "a", f).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["not_confirmed"], serde_json::json!(["b"]), "{doc}");
+    let mut w = Workload::new(seed(67));
+    write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
+    cl.freeze("b", false);
+    same_schema_and_rows(&cl, "a", 1).await;
+}
