@@ -164,6 +164,7 @@ pub(super) fn quarantine_tail(
 pub(super) fn list(
     c: &Connection,
     tables: &Tables,
+    older: &super::ddl::OlderTables,
     url: &str,
     include_resolved: bool,
 ) -> StoreResult<Vec<DivergentChange>> {
@@ -182,7 +183,19 @@ pub(super) fn list(
     let mut it = st.query([]).map_err(err)?;
     let mut out = Vec::new();
     while let Some(row) = it.next().map_err(err)? {
-        let change = rows::change_from_row(tables, row, 4)?;
+        // Read with the tables the change was captured under (seq 0: a
+        // late write past the fence, captured with today's triggers).
+        let seq = row
+            .get::<_, i64>(4)
+            .ok()
+            .and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(0);
+        let at = if seq == 0 {
+            tables
+        } else {
+            super::ddl::tables_at(older, tables, seq)
+        };
+        let change = rows::change_from_row(at, row, 4)?;
         let get = |i: usize, what: &str| {
             StoreError::Corrupt(format!("us_quarantine {what} of a row: {i}"))
         };

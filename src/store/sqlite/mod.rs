@@ -1127,9 +1127,12 @@ impl MemberStore for SqliteStore {
     }
 
     async fn divergence_list(&self, include_resolved: bool) -> StoreResult<Vec<DivergentChange>> {
-        let tables = self.tables();
-        self.with_reader(move |c, url| divergence::list(c, &tables, url, include_resolved))
-            .await
+        let inner = self.inner.clone();
+        self.with_reader(move |c, url| {
+            let (tables, older) = (inner.tables(), inner.older());
+            divergence::list(c, &tables, &older, url, include_resolved)
+        })
+        .await
     }
 
     async fn resolve_divergence(&self, ids: Option<&[i64]>) -> StoreResult<u64> {
