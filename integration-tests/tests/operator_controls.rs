@@ -580,18 +580,6 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
          UPDATE jobs SET priority = 5 WHERE schedule_enabled = 1;\n",
     )
     .unwrap();
-    let (status_a, token) = (cl.member("a").status.clone(), cl.options.token.clone());
-    let migrate = move |file: PathBuf| {
-        let (status_a, token) = (status_a.clone(), token.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(understudy_bin())
-                .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
-                .args(["--timeout-secs", "5", "--url", &status_a])
-                .args(["--token", &token])
-                .output()
-                .expect("run understudy migrate")
-        })
-    };
     // A steady writer on the active throughout: SQLite writers wait for
     // the migration's lock; none may fail.
     let stop = Arc::new(AtomicBool::new(false));
@@ -612,7 +600,7 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let out = migrate(ddl.clone()).await.unwrap();
+    let out = migrate_via(&cl, "a", ddl.clone(), 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = writer.await.unwrap();
@@ -673,7 +661,7 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
         "ALTER TABLE jobs ADD COLUMN owner_note TEXT;\nALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
     )
     .unwrap();
-    let out = migrate(bad).await.unwrap();
+    let out = migrate_via(&cl, "a", bad, 5).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no such table: no_such_table"), "{stderr}");
@@ -722,12 +710,7 @@ async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\n",
     )
     .unwrap();
-    let out = std::process::Command::new(understudy_bin())
-        .args(["migrate", "--sql", ddl.to_str().unwrap(), "--json"])
-        .args(["--timeout-secs", "5", "--url", &cl.member("a").status])
-        .args(["--token", &cl.options.token])
-        .output()
-        .expect("run understudy migrate");
+    let out = migrate_via(&cl, "a", ddl, 5).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "b drifted: {stdout}");
     assert!(stdout.contains("\"b\""), "{stdout}");
@@ -794,13 +777,27 @@ async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
     assert_eq!(got, want, "b differs from the active after the repair");
 }
 
-/// `understudy migrate --sql file` through member `via`'s endpoint.
-async fn migrate_via(cl: &LocalCluster, via: &str, file: PathBuf) -> std::process::Output {
+/// `understudy migrate --sql file` through member `via`'s endpoint,
+/// waiting at most `timeout_secs` for the members to confirm.
+async fn migrate_via(
+    cl: &LocalCluster,
+    via: &str,
+    file: PathBuf,
+    timeout_secs: u64,
+) -> std::process::Output {
     let (status, token) = (cl.member(via).status.clone(), cl.options.token.clone());
+    let timeout = timeout_secs.to_string();
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(understudy_bin())
             .args(["migrate", "--sql", file.to_str().unwrap(), "--json"])
-            .args(["--timeout-secs", "10", "--url", &status, "--token", &token])
+            .args([
+                "--timeout-secs",
+                &timeout,
+                "--url",
+                &status,
+                "--token",
+                &token,
+            ])
             .output()
             .expect("run understudy migrate")
     })
@@ -842,7 +839,7 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 3;\n",
     )
     .unwrap();
-    let out = migrate_via(&cl, "a", v1).await;
+    let out = migrate_via(&cl, "a", v1, 10).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -878,7 +875,7 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
         "CREATE INDEX jobs_priority ON jobs(priority);\nALTER TABLE projects ADD COLUMN owner TEXT;\n",
     )
     .unwrap();
-    let out = migrate_via(&cl, &new, v2).await;
+    let out = migrate_via(&cl, &new, v2, 10).await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -912,7 +909,7 @@ async fn a_snapshot_carries_the_schema_changes_the_member_missed() {
     {
         let f = dir.path().join(format!("v{}.sql", i + 1));
         std::fs::write(&f, sql).unwrap();
-        let out = migrate_via(&cl, "a", f).await;
+        let out = migrate_via(&cl, "a", f, 10).await;
         assert_eq!(out.status.code(), Some(3), "c is down: {}", String::from_utf8_lossy(&out.stderr));
         write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
     }
@@ -950,7 +947,7 @@ async fn a_schema_change_while_a_passive_is_cut_off() {
         "ALTER TABLE projects ADD COLUMN region TEXT NOT NULL DEFAULT 'eu';",
     )
     .unwrap();
-    let out = migrate_via(&cl, "a", f).await;
+    let out = migrate_via(&cl, "a", f, 10).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();

@@ -19,8 +19,8 @@ use crate::control::{Command, CommandRefusal, EngineConfig, Message, Notice, Per
 use crate::control::{Status, SwitchoverFailure};
 use crate::model::{Epoch, MemberId, Role};
 use crate::replication::NodeCtx;
+use crate::replication::metrics::Metrics;
 use crate::status::control::{ControlInbox, ControlOutcome, ControlRequest};
-use crate::status::metrics::Metrics;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;

@@ -370,7 +370,7 @@ const HANDOVER_ON_STOP: Duration = Duration::from_secs(10);
 /// the database refuses application writes from then on, without waiting
 /// for `lease_timeout`. The role stays as it was, so the next start regains
 /// the lease once a majority answers.
-async fn end_lease(store: &AnyStore, metrics: &crate::status::metrics::Metrics) {
+async fn end_lease(store: &AnyStore, metrics: &crate::replication::metrics::Metrics) {
     match store.renew_lease(Duration::ZERO).await {
         Ok(_) => {
             metrics.fences.inc();

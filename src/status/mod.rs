@@ -16,7 +16,6 @@ pub mod cli_control;
 pub mod cli_status;
 pub mod client;
 pub mod control;
-pub mod metrics;
 mod migrate;
 pub mod probe;
 pub mod routes;
@@ -25,9 +24,9 @@ pub mod tls;
 
 use crate::config::Config;
 use crate::replication::live::Live;
+use crate::replication::metrics::Metrics;
 use crate::store::AnyStore;
 use control::ControlHandle;
-use metrics::Metrics;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

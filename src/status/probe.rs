@@ -8,8 +8,8 @@
 //! Must never: hold a transaction or a lock, or run more than one probe at a
 //! time.
 
-use super::metrics::Metrics;
 use crate::replication::live::Live;
+use crate::replication::metrics::Metrics;
 use crate::store::{AnyStore, MemberStore};
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,10 +8,10 @@
 
 use super::auth::{self, Token};
 use super::control::{ControlError, ControlHandle, ControlOutcome, ControlRequest};
-use super::metrics::{Metrics, render};
 use crate::model::{MemberId, Role};
 use crate::replication::live::Live;
 use crate::replication::marks::{ChecksumService, MarkError};
+use crate::replication::metrics::{Metrics, render};
 use crate::store::{AnyStore, MemberStore};
 use axum::Router;
 use axum::body::{Body, Bytes};

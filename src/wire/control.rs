@@ -2,11 +2,11 @@
 //! carries them (one enum for both directions: every voter sends and
 //! receives each kind).
 //!
-//! Owns: the message and vote-refusal types. The controller
-//! (`crate::control`) re-exports them and gives them meaning.
+//! Owns: the message and vote-refusal types. The promotion controller
+//! re-exports them and gives them meaning.
 //! Must never: depend on the controller (the wire sits below it), or carry
 //! anything but plain data. Times are the sender's monotonic milliseconds
-//! (`control::Millis`).
+//! (the controller's `Millis`).
 
 use crate::model::{Epoch, MemberId, Position};
 use serde::{Deserialize, Serialize};

@@ -8,8 +8,8 @@
 //! Must never: carry key content or the token in a name, label or value, or
 //! block a replication task (every update is one relaxed atomic add).
 
+use super::live::StatusDoc;
 use crate::model::Role;
-use crate::replication::live::StatusDoc;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
