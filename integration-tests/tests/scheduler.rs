@@ -554,9 +554,36 @@ async fn scheduler_tables_replicate_between_sqlite_and_postgres() {
         started.elapsed()
     );
 
+    // A schema change from the SQLite active, one file per backend: the
+    // PostgreSQL passive runs its own DDL at the entry's position.
+    migrate_mixed(
+        &cl,
+        "a",
+        d,
+        "ALTER TABLE project ADD COLUMN owner_team VARCHAR(64) NULL;\n\
+         UPDATE project SET owner_team = 'ops';\n",
+        "ALTER TABLE project ADD COLUMN owner_team varchar(64) NULL;\n\
+         UPDATE project SET owner_team = 'ops';\n",
+        1,
+    );
+    sched::write(&a_url, &mut g, 40)
+        .await
+        .unwrap_or_else(|e| panic!("workload on a after the migration: {e:#}"));
+    converge(&cl, "a", "SQLite active a after a schema change").await;
+    assert_identical(&cl, &["a", "b", "c"]).await;
+
     control_cli(&cl, "a", &["switchover", "--to", "b"]);
     cl.wait_active("b", Duration::from_secs(30)).await.unwrap();
     let b_url = url(&cl, "b");
+    // And one from the PostgreSQL active: the SQLite passives run theirs.
+    migrate_mixed(
+        &cl,
+        "b",
+        d,
+        "ALTER TABLE workflow_step ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;\n",
+        "ALTER TABLE workflow_step ADD COLUMN retries integer NOT NULL DEFAULT 0;\n",
+        2,
+    );
     let max_before = sched::max_ids(&b_url).await.unwrap();
     let project = g.projects()[0].clone();
     let ids = sched::insert_with_default_ids(&b_url, &mut g, &project)
@@ -579,7 +606,53 @@ async fn scheduler_tables_replicate_between_sqlite_and_postgres() {
     assert_identical(&cl, &["b", "a", "c"]).await;
     verify(&cl, "c");
     assert_same_rows(&cl, &["b", "a", "c"]).await;
+    for m in ["a", "b", "c"] {
+        let st = cl.status(m).await.unwrap();
+        assert_eq!(st["schema"]["version"], 2, "{m}: {st}");
+    }
     eprintln!("mixed backends took {:?}", started.elapsed());
+}
+
+/// `understudy migrate --sqlite F --postgres F` through `via`: every member
+/// confirms `version` (exit 0).
+fn migrate_mixed(
+    cl: &LocalCluster,
+    via: &str,
+    dir: &Path,
+    sqlite: &str,
+    postgres: &str,
+    version: u64,
+) {
+    let (fs, fp) = (
+        dir.join(format!("v{version}.sqlite.sql")),
+        dir.join(format!("v{version}.postgres.sql")),
+    );
+    std::fs::write(&fs, sqlite).unwrap();
+    std::fs::write(&fp, postgres).unwrap();
+    let out = control_cli(
+        cl,
+        via,
+        &[
+            "migrate",
+            "--sqlite",
+            fs.to_str().unwrap(),
+            "--postgres",
+            fp.to_str().unwrap(),
+            "--json",
+            "--timeout-secs",
+            "60",
+        ],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(doc["version"], version, "{doc}");
+    let mut confirmed: Vec<&str> = doc["confirmed"]
+        .as_array()
+        .expect("confirmed")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    confirmed.sort_unstable();
+    assert_eq!(confirmed, ["a", "b", "c"], "{doc}");
 }
 
 /// Values read back through each member's own client agree: the rows

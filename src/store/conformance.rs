@@ -50,7 +50,12 @@ use crate::model::{Change, ChangeOp, Epoch, MemberId, Position, Role, RowImage, 
 use crate::tables::{Catalog, TableName, Value};
 use std::time::{Duration, Instant};
 
+pub mod migrate;
 pub mod rows;
+pub use migrate::{
+    drift_is_refused_until_repaired, schema_change_is_logged_and_applied_at_its_position,
+    snapshot_brings_missed_schema_changes,
+};
 pub use rows::{del, example_catalog, flag, get, image, job, key, opt_text, project, set, text};
 
 /// A factory of throw-away databases of one backend, and an application's
@@ -1807,6 +1812,9 @@ macro_rules! store_conformance_tests {
             divergence_list_resolve_and_count,
             take_over_is_a_captured_write,
             merge_epoch_history_is_idempotent,
+            schema_change_is_logged_and_applied_at_its_position,
+            drift_is_refused_until_repaired,
+            snapshot_brings_missed_schema_changes,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

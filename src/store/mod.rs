@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
+pub(crate) mod versions;
 
 use crate::config::DatabaseUrl;
 use crate::model::{Change, Epoch, MemberId, Position, Role, RowImage, SchemaChange};
@@ -249,9 +250,7 @@ pub trait MemberStore: Send + Sync {
     /// Every schema version this member went through (`understudy
     /// migrate`), oldest first, with its fingerprint; empty before the
     /// first migration. The last entry is the version the member is at.
-    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
-        Ok(Vec::new())
-    }
+    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>>;
     /// Read the captured tables' description from the database again (a
     /// schema changed by hand shows in the next handshake's fingerprint).
     async fn refresh_catalog(&self) -> StoreResult<()>;
@@ -262,25 +261,12 @@ pub trait MemberStore: Send + Sync {
     /// Run a schema change on this member, the active: each backend's DDL
     /// (this member runs its own) in one transaction with the change's log
     /// entry. A DDL that fails changes nothing ([`StoreError::Ddl`]).
-    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
-        let _ = (sqlite, postgres);
-        Err(StoreError::Ddl(
-            "PostgreSQL members do not run schema changes through the change log yet: only clusters of SQLite members can use `understudy migrate`".into(),
-        ))
-    }
+    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)>;
     /// Inside an open snapshot install: run the schema changes of
     /// `changes` this member lacks (the snapshot's rows are shaped by
     /// them), each checked against its fingerprint. They commit or roll
     /// back with the install.
-    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
-        match changes.last() {
-            None => Ok(()),
-            Some(sc) => Err(StoreError::Shape(format!(
-                "the snapshot is at schema version {}, and PostgreSQL members do not take schema changes through understudy yet",
-                sc.version
-            ))),
-        }
-    }
+    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()>;
     /// Wait until a commit may have happened since the last call, or until
     /// `timeout` (the safety-net poll). Returns true when woken by a hint.
     async fn wait_for_commit(&self, timeout: Duration) -> StoreResult<bool>;
@@ -383,7 +369,7 @@ impl SnapshotReader {
     pub fn schema_changes(&self) -> Vec<SchemaChange> {
         match self {
             SnapshotReader::Sqlite(s) => s.schema_changes().to_vec(),
-            SnapshotReader::Postgres(_) => Vec::new(),
+            SnapshotReader::Postgres(s) => s.schema_changes().to_vec(),
         }
     }
 

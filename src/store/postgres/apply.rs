@@ -18,10 +18,10 @@
 
 use super::PgStore;
 use super::batch::{self, ApplyStmts, Checked};
-use super::conn;
 use super::values::Tables;
 use super::{LOG_HEAD, position_in, to_i64};
-use crate::model::{Change, Position};
+use super::{conn, ddl};
+use crate::model::{Change, ChangeOp, Position};
 use crate::store::{StoreError, StoreResult};
 use std::sync::Arc;
 use tokio_postgres::Client;
@@ -34,6 +34,9 @@ pub(super) struct ApplyConn {
     pub(super) open: Option<Position>,
     /// `Some(snapshot position)` while a snapshot install transaction is open.
     pub(super) installing: Option<Position>,
+    /// The tables the open install's schema changes brought (see
+    /// [`PgStore::install_schema`]): they take over at its commit.
+    pub(super) install_tables: Option<Arc<Tables>>,
     /// A set-based batch ending here failed on a constraint its plan does
     /// not know (see [`batch::one_by_one`]): changes up to here are applied
     /// one statement per change when the stream sends them again.
@@ -109,10 +112,40 @@ impl PgStore {
         started
     }
 
-    /// See [`crate::store::MemberStore::apply`].
+    /// See [`crate::store::MemberStore::apply`]: row changes in the open
+    /// apply transaction, each schema change in a transaction of its own
+    /// (what came before it commits first, whatever becomes of it).
     pub(super) async fn apply_pg(&self, changes: &[Change], commit: bool) -> StoreResult<Position> {
         let mut a = self.apply.lock().await;
         let a = &mut *a;
+        let mut rest = changes;
+        loop {
+            let n = rest
+                .iter()
+                .position(|c| matches!(c.op, ChangeOp::Schema(_)))
+                .unwrap_or(rest.len());
+            let Some(ch) = rest.get(n) else {
+                return self.apply_rows(a, rest, commit).await;
+            };
+            if n > 0 || a.open.is_some() {
+                self.apply_rows(a, &rest[..n], true).await?;
+            }
+            let reached = self.apply_schema(a, ch).await?;
+            rest = &rest[n + 1..];
+            if rest.is_empty() {
+                return Ok(reached);
+            }
+        }
+    }
+
+    /// Row changes (no schema change among them) in the open apply
+    /// transaction, committed with the position when `commit`.
+    async fn apply_rows(
+        &self,
+        a: &mut ApplyConn,
+        changes: &[Change],
+        commit: bool,
+    ) -> StoreResult<Position> {
         if a.installing.is_some() {
             return Err(StoreError::Backend(
                 "a snapshot install is open: changes apply after its commit".into(),
@@ -191,6 +224,66 @@ impl PgStore {
         Ok(reached)
     }
 
+    /// Apply one schema change in a transaction of its own (nothing else
+    /// open on the apply connection): the entry is skipped when already
+    /// applied, refused when not next.
+    async fn apply_schema(&self, a: &mut ApplyConn, ch: &Change) -> StoreResult<Position> {
+        let ChangeOp::Schema(sc) = &ch.op else {
+            return Err(StoreError::Backend("not a schema change".into()));
+        };
+        if a.installing.is_some() {
+            return Err(StoreError::Backend(
+                "a snapshot install is open: changes apply after its commit".into(),
+            ));
+        }
+        let before = self.tables()?.catalog.clone();
+        if a.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            a.conn = None;
+        }
+        self.ready_apply_conn(a).await?;
+        let Some((client, _)) = a.conn.as_ref() else {
+            return Err(StoreError::Backend("apply connection missing".into()));
+        };
+        let _gate = self.schema_gate.write().await;
+        let applied = self.begin_apply(client).await?;
+        if ch.pos <= applied {
+            Self::rollback_quietly(client).await;
+            return Ok(applied);
+        }
+        if ch.pos.seq != applied.seq + 1 {
+            Self::rollback_quietly(client).await;
+            return Err(StoreError::OutOfOrder {
+                applied,
+                got: ch.pos,
+            });
+        }
+        // A schema change commits synchronously, unlike row applies.
+        let run = async {
+            client
+                .batch_execute("SET LOCAL synchronous_commit = on")
+                .await
+                .map_err(|e| self.err(&e))?;
+            let t =
+                ddl::apply_on_passive(client, &self.url, &self.spec, &before, sc, ch.pos).await?;
+            client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|e| self.err(&e))?;
+            Ok::<_, StoreError>(t)
+        };
+        let tables = match run.await {
+            Ok(t) => t,
+            Err(e) => {
+                Self::rollback_quietly(client).await;
+                return Err(e);
+            }
+        };
+        let older = ddl::older_tables(client, &self.url).await?;
+        self.set_schema(tables, older);
+        tracing::info!(version = sc.version, position = %ch.pos, "applied schema change");
+        Ok(ch.pos)
+    }
+
     /// The error of a failed batch that reached `reached`. A set-based
     /// batch that failed on an order-dependent constraint is applied one
     /// change at a time when it comes again (the applier rolls back and
@@ -218,6 +311,7 @@ impl PgStore {
     pub(super) async fn abort_apply_pg(&self) -> StoreResult<()> {
         let mut a = self.apply.lock().await;
         let installing = a.installing.take().is_some();
+        a.install_tables = None;
         if (a.open.take().is_some() || installing)
             && let Some((client, _)) = a.conn.as_ref()
         {

@@ -162,7 +162,7 @@ impl PgStore {
         &self,
         include_resolved: bool,
     ) -> StoreResult<Vec<DivergentChange>> {
-        let tables = self.tables()?;
+        let (tables, older) = self.tables_and_older()?;
         let c = self.reader.get().await?;
         let sql = format!(
             "SELECT seq, epoch, {LOG_COLS}, id, quarantined_at, reason, resolved \
@@ -177,8 +177,15 @@ impl PgStore {
         let g = corrupt("us_divergence");
         rows.iter()
             .map(|r| {
+                // Read with the tables the change was captured under (seq
+                // 0: a late write past the fence, captured with today's).
+                let seq = to_u64(r.try_get(0).map_err(&g)?, "seq")?;
+                let at = match seq {
+                    0 => &tables,
+                    s => crate::store::versions::tables_at(&older, &tables, s),
+                };
                 Ok(DivergentChange {
-                    change: decode_change(&tables, r, 0)?,
+                    change: decode_change(at, r, 0)?,
                     id: r.try_get(9).map_err(&g)?,
                     quarantined_at_ms: r.try_get(10).map_err(&g)?,
                     reason: r.try_get(11).map_err(&g)?,

@@ -21,6 +21,7 @@ mod batch;
 mod capture;
 mod catalog;
 mod conn;
+mod ddl;
 mod divergence;
 pub mod schema;
 mod snapshot;
@@ -31,6 +32,7 @@ pub use snapshot::PgSnapshot;
 
 pub use schema::{EXAMPLE_SQL, LATEST as SCHEMA_VERSION, MIGRATIONS, Migration};
 
+use super::versions::{self, Older};
 use super::*;
 use crate::model::{Epoch, MemberId, Position, Role};
 use crate::tables::CatalogError;
@@ -53,6 +55,11 @@ pub struct PgStore {
     /// The captured tables as last read from the catalog (at connect, and
     /// again by `init` and `check_schema`).
     held: RwLock<Held>,
+    /// Held for reading while change-log rows are read and decoded, and
+    /// for writing from a schema change's commit until its tables are in
+    /// `held`: no entry after the change is ever decoded with the tables
+    /// before it.
+    schema_gate: tokio::sync::RwLock<()>,
     reader: ClientSlot,
     ctl: ClientSlot,
     // Boxed: the prepared statements make it large and `AnyStore` holds
@@ -66,6 +73,9 @@ pub struct PgStore {
 /// empty, and whatever needs them reports `problem`.
 struct Held {
     tables: Arc<Tables>,
+    /// Earlier schema versions' tables (`understudy migrate`): log
+    /// entries older than a schema change are read with these.
+    older: Arc<Older<Tables>>,
     problem: Option<CatalogError>,
 }
 
@@ -85,9 +95,11 @@ impl PgStore {
     /// them, not here: `init` must be able to connect to an empty database.
     pub async fn connect(url: &str, spec: &CaptureSpec) -> StoreResult<PgStore> {
         let reader = conn::connect(url).await?;
+        let older = Arc::new(ddl::older_tables(&reader, url).await?);
         let held = match catalog::read_catalog(&reader, url, spec).await {
             Ok(c) => Held {
                 tables: Arc::new(Tables::new(c)),
+                older,
                 problem: None,
             },
             Err(StoreError::Catalog { source, .. }) => Held {
@@ -95,6 +107,7 @@ impl PgStore {
                     Catalog::build(Vec::new(), &[])
                         .map_err(|e| StoreError::Backend(format!("an empty catalog: {e}")))?,
                 )),
+                older,
                 problem: Some(source),
             },
             Err(e) => return Err(e),
@@ -105,6 +118,7 @@ impl PgStore {
             url: url.to_string(),
             spec: spec.clone(),
             held: RwLock::new(held),
+            schema_gate: tokio::sync::RwLock::new(()),
             reader: ClientSlot::new(url, Some(reader)),
             ctl: ClientSlot::new(url, Some(ctl)),
             apply: Box::new(Mutex::new(ApplyConn::default())),
@@ -131,10 +145,42 @@ impl PgStore {
         if h.problem.is_none() && *h.tables.catalog == *t.catalog {
             return;
         }
-        *h = Held {
-            tables: Arc::new(t),
-            problem: None,
-        };
+        h.tables = Arc::new(t);
+        h.problem = None;
+    }
+
+    /// The tables after a schema change (or a fresh read of the history),
+    /// with the earlier versions' tables.
+    fn set_schema(&self, t: Tables, older: Older<Tables>) {
+        self.set_tables(t);
+        let mut h = self.held.write().unwrap_or_else(|p| p.into_inner());
+        h.older = Arc::new(older);
+    }
+
+    /// As [`PgStore::set_schema`], keeping the `Arc` the apply statements
+    /// were prepared for.
+    fn set_schema_arc(&self, t: Arc<Tables>, older: Older<Tables>) {
+        let mut h = self.held.write().unwrap_or_else(|p| p.into_inner());
+        h.tables = t;
+        h.older = Arc::new(older);
+        h.problem = None;
+    }
+
+    /// The current tables and the earlier versions', as one pair.
+    fn tables_and_older(&self) -> StoreResult<(Arc<Tables>, Arc<Older<Tables>>)> {
+        let tables = self.tables()?;
+        let h = self.held.read().unwrap_or_else(|p| p.into_inner());
+        Ok((tables, Arc::clone(&h.older)))
+    }
+
+    /// Read the earlier versions' tables again (after `init`, a check, an
+    /// install).
+    async fn reload_older(&self) -> StoreResult<()> {
+        let c = self.reader.get().await?;
+        let older = ddl::older_tables(&*c, &self.url).await?;
+        let mut h = self.held.write().unwrap_or_else(|p| p.into_inner());
+        h.older = Arc::new(older);
+        Ok(())
     }
 
     /// The URL with its password hidden, for messages.
@@ -325,6 +371,7 @@ impl MemberStore for PgStore {
     async fn init(&self, params: &InitParams) -> StoreResult<InitReport> {
         let (report, tables) = schema::init(&self.url, params, &self.spec).await?;
         self.set_tables(tables);
+        self.reload_older().await?;
         Ok(report)
     }
 
@@ -332,10 +379,24 @@ impl MemberStore for PgStore {
         self.check_schema().await
     }
 
+    async fn schema_history(&self) -> StoreResult<Vec<(u64, String)>> {
+        let c = self.reader.get().await?;
+        ddl::history(&*c, &self.url).await
+    }
+
+    async fn migrate(&self, sqlite: &str, postgres: &str) -> StoreResult<(SchemaChange, Position)> {
+        self.migrate_pg(sqlite, postgres).await
+    }
+
+    async fn install_snapshot_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
+        self.install_schema(changes).await
+    }
+
     async fn check_schema(&self) -> StoreResult<()> {
         let c = self.reader.get().await?;
         let tables = schema::check(&*c, &self.url, &self.spec).await?;
-        self.set_tables(tables);
+        let older = ddl::older_tables(&*c, &self.url).await?;
+        self.set_schema(tables, older);
         Ok(())
     }
 
@@ -460,7 +521,8 @@ impl MemberStore for PgStore {
     ) -> StoreResult<ChangeRead> {
         let after = to_i64(after_seq, "seq")?;
         let limit = i64::try_from(max_changes).unwrap_or(i64::MAX);
-        let tables = self.tables()?;
+        let _gate = self.schema_gate.read().await;
+        let (tables, older) = self.tables_and_older()?;
         let c = self.reader.get().await?;
         // The head and the rows come from one statement, hence one snapshot.
         let sql = format!(
@@ -488,7 +550,8 @@ impl MemberStore for PgStore {
             if seq.is_none() {
                 break;
             }
-            let ch = decode_change(&tables, r, 1)?;
+            let at = versions::tables_at(&older, &tables, to_u64(seq.unwrap_or(0), "seq")?);
+            let ch = decode_change(at, r, 1)?;
             let size = ch.approx_bytes();
             if !changes.is_empty() && bytes + size > max_bytes {
                 break;

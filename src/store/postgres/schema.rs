@@ -52,10 +52,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_generic_tables",
         sql: include_str!("../../../schemas/postgres/0005_generic_tables.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_app_schema",
+        sql: include_str!("../../../schemas/postgres/0006_app_schema.sql"),
+    },
 ];
 
 /// The schema version this build writes and expects.
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 6;
 
 /// The example schema's tables, created by `init` when the config has no
 /// `[capture]` (idempotent).
@@ -152,6 +157,22 @@ async fn check_shapes<C: GenericClient>(c: &C, url: &str) -> StoreResult<Vec<&'s
     Ok(present)
 }
 
+/// Whether `understudy migrate` ever ran here (schema 6's history holds a
+/// version after 0): the example tables may then have other columns.
+async fn migrated<C: GenericClient>(c: &C, url: &str) -> StoreResult<bool> {
+    if !table_exists(c, url, "us_app_schema").await? {
+        return Ok(false);
+    }
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM us_app_schema WHERE version > 0)",
+            &[],
+        )
+        .await
+        .map_err(|e| query_error(url, &e))?;
+    row.try_get(0).map_err(|e| query_error(url, &e))
+}
+
 async fn table_exists<C: GenericClient>(c: &C, url: &str, table: &str) -> StoreResult<bool> {
     let row = c
         .query_one(
@@ -206,7 +227,7 @@ pub(crate) async fn init(
     tx.batch_execute(INIT_LOCK)
         .await
         .map_err(|e| query_error(url, &e))?;
-    if spec.example {
+    if spec.example && !migrated(&tx, url).await? {
         check_shapes(&tx, url).await?;
     }
     let from = current_version(&tx, url).await?;
@@ -312,7 +333,7 @@ pub(crate) async fn check<C: GenericClient>(
     url: &str,
     spec: &CaptureSpec,
 ) -> StoreResult<Tables> {
-    if spec.example {
+    if spec.example && !migrated(c, url).await? {
         check_shapes(c, url).await?;
     }
     let v = current_version(c, url).await?;

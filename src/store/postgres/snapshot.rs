@@ -23,8 +23,8 @@
 use super::batch::{self, InsertError};
 use super::conn::{self, query_error};
 use super::values::Tables;
-use super::{PgStore, sequence_sql, to_i64, to_u64};
-use crate::model::{Position, RowImage};
+use super::{PgStore, ddl, sequence_sql, to_i64, to_u64};
+use crate::model::{Position, RowImage, SchemaChange};
 use crate::store::{StoreError, StoreResult};
 use std::sync::Arc;
 use tokio_postgres::Client;
@@ -47,6 +47,9 @@ pub struct PgSnapshot {
     /// Holds the read-only transaction B; dropping it ends the transaction.
     client: Client,
     position: Position,
+    /// The schema changes the rows are shaped by, read in the same
+    /// snapshot (a member behind them runs them in its install).
+    schema: Vec<SchemaChange>,
     rows_total: u64,
     table: usize,
     /// Running average row size: FETCH cannot stop at a byte count, so the
@@ -139,6 +142,7 @@ impl PgSnapshot {
         .map_err(|e| fail(&e))?;
         a.batch_execute("COMMIT").await.map_err(|e| fail(&e))?;
         drop(a);
+        let schema = ddl::changes(&b, url).await.map_err(Attempt::Fail)?;
         let counts: Vec<String> = tables
             .codecs
             .iter()
@@ -173,6 +177,7 @@ impl PgSnapshot {
             tables: Arc::clone(tables),
             client: b,
             position,
+            schema,
             rows_total: u64::try_from(total).unwrap_or(0),
             table: 0,
             avg_row_bytes: 1024,
@@ -185,6 +190,20 @@ impl PgSnapshot {
 
     pub fn rows_total(&self) -> u64 {
         self.rows_total
+    }
+
+    /// The schema changes the rows are shaped by.
+    pub fn schema_changes(&self) -> &[SchemaChange] {
+        &self.schema
+    }
+
+    /// Whether the rows are read with the tables they have in this
+    /// snapshot (a schema change may commit between reading the store's
+    /// tables and opening the snapshot).
+    fn tables_match(&self) -> bool {
+        self.schema
+            .last()
+            .is_none_or(|sc| sc.fingerprint == self.tables.catalog.fingerprint())
     }
 
     pub async fn next_chunk(
@@ -226,7 +245,59 @@ impl PgSnapshot {
 
 impl PgStore {
     pub(super) async fn snapshot_open(&self) -> StoreResult<PgSnapshot> {
-        PgSnapshot::open(&self.url, self.tables()?).await
+        for _ in 0..20 {
+            let s = PgSnapshot::open(&self.url, self.tables()?).await?;
+            if s.tables_match() {
+                return Ok(s);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(StoreError::Backend(
+            "could not open a snapshot: the captured tables kept changing under it (schema changes); try again".into(),
+        ))
+    }
+
+    /// See [`crate::store::MemberStore::install_snapshot_schema`]: the
+    /// changes run inside the open install transaction, and the apply
+    /// statements are prepared for the tables they bring (rows of that
+    /// shape follow).
+    pub(super) async fn install_schema(&self, changes: &[SchemaChange]) -> StoreResult<()> {
+        let mut a = self.apply.lock().await;
+        let a = &mut *a;
+        let (Some(_), Some((client, _))) = (a.installing, a.conn.as_ref()) else {
+            return Err(StoreError::Backend(
+                "no snapshot install is open (it was rolled back)".into(),
+            ));
+        };
+        let before = self.tables()?.catalog.clone();
+        let run = async {
+            match ddl::apply_in_install(client, &self.url, &self.spec, &before, changes).await? {
+                None => Ok(None),
+                Some(t) => {
+                    let t = Arc::new(t);
+                    let stmts = batch::ApplyStmts::prepare(client, Arc::clone(&t))
+                        .await
+                        .map_err(|e| self.err(&e))?;
+                    Ok(Some((t, stmts)))
+                }
+            }
+        };
+        match run.await {
+            Ok(None) => Ok(()),
+            Ok(Some((t, stmts))) => {
+                if let Some((_, s)) = a.conn.as_mut() {
+                    *s = stmts;
+                }
+                a.install_tables = Some(t);
+                Ok(())
+            }
+            Err(e) => {
+                Self::rollback_quietly(client).await;
+                a.installing = None;
+                a.install_tables = None;
+                Err(e)
+            }
+        }
     }
 
     /// Open the install transaction on the apply connection (apply flag
@@ -248,6 +319,7 @@ impl PgStore {
         }
         a.open = None;
         a.installing = None;
+        a.install_tables = None;
         self.ready_apply_conn(a).await?;
         let Some((client, stmts)) = a.conn.as_ref() else {
             return Err(StoreError::Backend("apply connection missing".into()));
@@ -321,6 +393,7 @@ impl PgStore {
             Err(e) => Err(e),
         };
         a.installing = None;
+        let brought = a.install_tables.take();
         let res = match upd {
             Ok(_) => client.batch_execute("COMMIT").await,
             Err(e) => Err(e),
@@ -328,6 +401,10 @@ impl PgStore {
         if let Err(e) = res {
             Self::rollback_quietly(client).await;
             return Err(self.err(&e));
+        }
+        if let Some(t) = brought {
+            let older = ddl::older_tables(client, &self.url).await?;
+            self.set_schema_arc(t, older);
         }
         Ok(pos)
     }

@@ -23,7 +23,7 @@
 //! same rows itself (as logical decoding will).
 
 use super::catalog::{quote_ident, sql_table};
-use crate::model::{Change, ChangeOp, Position, RowImage};
+use crate::model::{Change, ChangeOp, Position, RowImage, SchemaChange};
 use crate::tables::{Catalog, PortableType, TableDesc, TableId, TableName, Value, canonical};
 use std::collections::HashMap;
 use std::error::Error;
@@ -36,6 +36,9 @@ use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 pub(super) const OP_UPSERT: i16 = 1;
 /// Change-log `op` of a delete (the key only).
 pub(super) const OP_DELETE: i16 = 2;
+/// Change-log `op` of a schema change (`understudy migrate`): `tbl` empty,
+/// `i = [version]`, `t = [SQLite DDL, PostgreSQL DDL, fingerprint]`.
+pub(super) const OP_SCHEMA: i16 = 3;
 
 /// The image columns of a log row, after `seq`/`id` and `epoch`.
 pub(super) const LOG_COLS: &str = "tbl, op, i, r, b, t, x";
@@ -436,7 +439,7 @@ impl Tables {
                 self.check_values(what, table, key, key.len(), false)
             }
             ChangeOp::Schema(s) => Err(format!(
-                "change {}: schema version {} (understudy migrate) cannot be applied by a PostgreSQL member yet: run the same DDL on this member by hand, then restart its agent with a database initialised again from the active (or keep PostgreSQL members out of clusters that migrate)",
+                "change {}: schema version {} is applied in a transaction of its own, not with rows",
                 ch.pos, s.version
             )),
         }
@@ -525,6 +528,9 @@ impl Tables {
                 .map_err(g)?
                 .unwrap_or_default(),
         };
+        if op == OP_SCHEMA {
+            return schema_change(pos, arrays);
+        }
         let table = TableName::new(tbl);
         let codec = self.get(&table).ok_or_else(|| {
             format!(
@@ -550,6 +556,30 @@ impl Tables {
         };
         Ok(Change { pos, op })
     }
+}
+
+/// A schema-change log row's arrays (see [`OP_SCHEMA`]) as the change.
+fn schema_change(pos: Position, a: Arrays) -> Result<Change, String> {
+    let bad = || format!("change {pos}: a schema-change entry without its version and DDL");
+    let version = match a.i.as_slice() {
+        [Some(v)] => u64::try_from(*v).map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    let mut t = a.t.into_iter();
+    let (Some(Some(sqlite)), Some(Some(postgres)), Some(Some(fingerprint)), None) =
+        (t.next(), t.next(), t.next(), t.next())
+    else {
+        return Err(bad());
+    };
+    Ok(Change {
+        pos,
+        op: ChangeOp::Schema(SchemaChange {
+            version,
+            sqlite,
+            postgres,
+            fingerprint,
+        }),
+    })
 }
 
 /// One log row in the binary form of the `us_change` composite, so a

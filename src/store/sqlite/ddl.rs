@@ -14,6 +14,7 @@ use super::rows::Tables;
 use super::schema::sync_capture;
 use super::{err, i64_of, now_ms_sql, u64_of};
 use crate::model::{Position, SchemaChange};
+use crate::store::versions::{self, Older, catalog_from_json, catalog_json};
 use crate::store::{StoreError, StoreResult};
 use crate::tables::{CaptureSpec, Catalog};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,11 +48,6 @@ pub(super) fn history(conn: &Connection) -> StoreResult<Vec<(u64, String)>> {
         Ok((u64_of(v, "schema version")?, f))
     })
     .collect()
-}
-
-fn catalog_json(c: &Catalog) -> StoreResult<String> {
-    serde_json::to_string(c.tables())
-        .map_err(|e| StoreError::Backend(format!("describing the captured tables: {e}")))
 }
 
 /// Record `sc` at `pos` in the history with the tables `after` it; with
@@ -104,9 +100,7 @@ pub(super) fn versions(conn: &Connection) -> StoreResult<Vec<(u64, Catalog)>> {
         .map_err(err)?;
     rows.map(|r| {
         let (v, seq, json) = r.map_err(err)?;
-        let bad = |why: String| StoreError::Corrupt(format!("us_app_schema version {v}: {why}"));
-        let tables = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
-        let cat = Catalog::build(tables, &[]).map_err(|e| bad(e.to_string()))?;
+        let cat = catalog_from_json(u64_of(v, "schema version")?, &json)?;
         Ok((u64_of(seq, "seq")?, cat))
     })
     .collect()
@@ -114,39 +108,20 @@ pub(super) fn versions(conn: &Connection) -> StoreResult<Vec<(u64, Catalog)>> {
 
 /// Earlier versions' tables, each with the seq of the schema change that
 /// ended it.
-pub(super) type OlderTables = Vec<(u64, Arc<Tables>)>;
+pub(super) type OlderTables = Older<Tables>;
 
-/// The tables of every version before the current one, each with the seq
-/// of the schema change that ended it (see [`versions`]); empty before the
-/// first migration or on a database older than schema 5.
+/// The tables of every version before the current one (see
+/// [`versions::older`]); empty before the first migration or on a database
+/// older than schema 5.
 pub(super) fn older_tables(conn: &Connection) -> StoreResult<OlderTables> {
     let all = match versions(conn) {
         Ok(v) => v,
         Err(StoreError::Backend(e)) if e.contains("no such table") => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    Ok(all
-        .windows(2)
-        .map(|w| {
-            (
-                w[1].0,
-                Arc::new(Tables::new(Arc::new(w[0].1.clone()), |_| true)),
-            )
-        })
-        .collect())
-}
-
-/// The tables a change-log entry at `seq` was captured under: an older
-/// version's when a schema change followed it, else `current`.
-pub(super) fn tables_at<'a>(
-    older: &'a [(u64, Arc<Tables>)],
-    current: &'a Tables,
-    seq: u64,
-) -> &'a Tables {
-    older
-        .iter()
-        .find(|(end, _)| seq < *end)
-        .map_or(current, |(_, t)| t)
+    Ok(versions::older(all, |cat| {
+        Tables::new(Arc::new(cat), |_| true)
+    }))
 }
 
 /// Every schema change recorded here (version 1 on), oldest first.
@@ -314,28 +289,12 @@ fn run_as_passive(
     sc: &SchemaChange,
     have: u64,
 ) -> StoreResult<Catalog> {
-    let drift = |why: String| {
-        StoreError::Shape(format!(
-            "schema version {} cannot be applied here: {why}; this member's captured tables differ from what the active had before it: compare `understudy tables` on both and repair this member's schema by hand (applying resumes by itself once it matches)",
-            sc.version
-        ))
-    };
-    if sc.version != have + 1 {
-        return Err(drift(format!(
-            "this member is at schema version {have}, and the change brings version {}",
-            sc.version
-        )));
-    }
+    let drift = |why: String| versions::drift(sc, &why);
+    versions::check_next(sc, have)?;
     conn.execute_batch(&sc.sqlite)
         .map_err(|e| drift(format!("SQLite refused the DDL: {e}")))?;
     let cat = sync_capture(conn, url, spec).map_err(|e| drift(e.to_string()))?;
-    if cat.fingerprint() != sc.fingerprint {
-        return Err(drift(format!(
-            "after the DDL the captured tables have fingerprint {}, the active's {}",
-            cat.fingerprint(),
-            sc.fingerprint
-        )));
-    }
+    versions::check_fingerprint(sc, cat.fingerprint())?;
     Ok(cat)
 }
 

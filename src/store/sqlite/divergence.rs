@@ -193,7 +193,7 @@ pub(super) fn list(
         let at = if seq == 0 {
             tables
         } else {
-            super::ddl::tables_at(older, tables, seq)
+            crate::store::versions::tables_at(older, tables, seq)
         };
         let change = rows::change_from_row(at, row, 4)?;
         let get = |i: usize, what: &str| {

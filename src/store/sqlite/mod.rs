@@ -772,7 +772,7 @@ impl MemberStore for SqliteStore {
         let inner = self.inner.clone();
         self.with_reader(move |c, url| {
             let (tables, older) = (inner.tables(), inner.older());
-            let at = |seq: u64| ddl::tables_at(&older, &tables, seq);
+            let at = |seq: u64| super::versions::tables_at(&older, &tables, seq);
             read_log(c, &tables, &at, url, after_seq, max_changes, max_bytes)
         })
         .await
