@@ -196,6 +196,7 @@ fn entry_json(d: &DivergentChange, row: Value) -> Value {
 /// The row image of an upsert (`null` for a delete), in the forms of
 /// [`crate::capture::row_json`].
 fn row_of(cat: &Catalog, d: &DivergentChange, secrets: Secrets) -> Value {
+    let cat = d.tables.as_deref().unwrap_or(cat);
     match &d.change.op {
         ChangeOp::Upsert(img) => row_json(cat, img, secrets),
         ChangeOp::Delete { .. } => Value::Null,
@@ -327,6 +328,7 @@ key = "a.key"
                 quarantined_at_ms: 1_700_000_000_000,
                 reason: "rejoin".into(),
                 resolved: false,
+                tables: None,
             },
             DivergentChange {
                 id: 2,
@@ -337,6 +339,7 @@ key = "a.key"
                 quarantined_at_ms: 1_700_000_000_000,
                 reason: "committed while this member was fenced".into(),
                 resolved: true,
+                tables: None,
             },
         ]
     }

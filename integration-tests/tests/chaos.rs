@@ -2,14 +2,18 @@
 //! a fault proxy of its own (one per direction), a writer that follows
 //! `GET /active` the way a load balancer would, and one random fault every
 //! 1–5 s: kill -9 of a member, restart of the dead one, partition of a member
-//! (every proxy to and from it, blackhole or refuse), heal.
+//! (every proxy to and from it, blackhole or refuse), heal, and a schema
+//! change (`understudy migrate` adding a column, sent to whichever member
+//! is active, running in the background while the storm goes on).
 //!
 //! What it proves:
 //! - never two member databases accept an application write at the same
 //!   time (each member's fence state read every ~5 ms, and an insert that
 //!   is rolled back tried every ~50 ms: `integration_tests::fence_watch`);
 //! - after everything heals and restarts, exactly one member is active, all
-//!   members converge on its head, and their checksums are equal;
+//!   members converge on its head, at its schema version and fingerprint,
+//!   and their checksums are equal (a schema change an active ran but the
+//!   cluster never received is given back with its tail);
 //! - every write the writer saw commit is on the final active, or in some
 //!   member's divergence quarantine (the divergent tail of a deposed
 //!   active): nothing is lost silently.
@@ -51,6 +55,8 @@ enum Fault {
     Restart(usize),
     Partition(usize, Mode),
     Heal,
+    /// `understudy migrate` number n, through a member that is not dead.
+    Migrate(u64, usize),
 }
 
 impl std::fmt::Display for Fault {
@@ -60,6 +66,7 @@ impl std::fmt::Display for Fault {
             Fault::Restart(i) => write!(f, "restart {}", MEMBERS[*i]),
             Fault::Partition(i, m) => write!(f, "partition {} ({m:?})", MEMBERS[*i]),
             Fault::Heal => write!(f, "heal"),
+            Fault::Migrate(n, via) => write!(f, "migrate #{n} via {}", MEMBERS[*via]),
         }
     }
 }
@@ -76,10 +83,22 @@ fn schedule(seed: u64, secs: u64) -> Vec<(Duration, Fault)> {
     let mut cut: Option<usize> = None;
     let mut at = Duration::ZERO;
     let mut out = Vec::new();
+    let mut migrations = 0;
     loop {
         at += Duration::from_millis(1000 + rng.below(4001));
         if at >= Duration::from_secs(secs) {
             return out;
+        }
+        if rng.below(6) == 0 {
+            migrations += 1;
+            let via = rng.below(3) as usize;
+            let via = if Some(via) == dead {
+                (via + 1) % 3
+            } else {
+                via
+            };
+            out.push((at, Fault::Migrate(migrations, via)));
+            continue;
         }
         let mut kinds = Vec::new();
         if dead.is_none() {
@@ -206,6 +225,35 @@ fn writer(
     });
 }
 
+/// Start `understudy migrate` number `n` through member `via` in the
+/// background: a column added to one of the example tables, back-filled by
+/// its default. It may well fail (no active, lease run out) or not be
+/// confirmed in time; the end of the run checks what it left.
+fn start_migrate(
+    cl: &LocalCluster,
+    dir: &std::path::Path,
+    n: u64,
+    via: &str,
+) -> std::process::Child {
+    let table = ["projects", "jobs", "keys"][(n % 3) as usize];
+    let file = dir.join(format!("migrate-{n}.sql"));
+    std::fs::write(
+        &file,
+        format!("ALTER TABLE {table} ADD COLUMN chaos_{n} INTEGER NOT NULL DEFAULT {n};\n"),
+    )
+    .unwrap();
+    std::process::Command::new(understudy_bin())
+        .args(["migrate", "--sql"])
+        .arg(&file)
+        .args(["--json", "--timeout-secs", "5", "--url"])
+        .arg(&cl.member(via).status)
+        .args(["--token", &cl.options.token])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start understudy migrate")
+}
+
 fn dump(cl: &LocalCluster, lines: usize) {
     for m in &cl.members {
         eprintln!(
@@ -287,6 +335,7 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     let fences = FenceWatch::start(paths, t0);
 
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut migrations: Vec<(u64, std::process::Child)> = Vec::new();
     for (at, fault) in &plan {
         if let Some(wait) = at.checked_sub(t0.elapsed()) {
             tokio::time::sleep(wait).await;
@@ -314,6 +363,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
                     p.heal();
                 }
                 *counts.entry("heal").or_default() += 1;
+            }
+            Fault::Migrate(n, via) => {
+                migrations.push((n, start_migrate(&cl, &dir, n, MEMBERS[via])));
+                *counts.entry("migrate").or_default() += 1;
             }
         }
     }
@@ -345,6 +398,15 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
     writer_thread.join().unwrap();
     let fences = fences.finish();
     let overlaps = fences.overlaps;
+    let migrated: Vec<(u64, Option<i32>)> = migrations
+        .into_iter()
+        .map(|(n, child)| {
+            (
+                n,
+                child.wait_with_output().ok().and_then(|o| o.status.code()),
+            )
+        })
+        .collect();
     let wlog = std::mem::take(&mut *wlog.lock().unwrap());
 
     let Some(mut active) = final_active else {
@@ -422,6 +484,15 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
             differ.push(m.clone());
         }
     }
+    let schema_of = |st: serde_json::Value| st["schema"].clone();
+    let want_schema = schema_of(cl.status(&active).await.unwrap());
+    let mut schema_differs = Vec::new();
+    for m in MEMBERS {
+        let got = schema_of(cl.status(m).await.unwrap());
+        if got != want_schema {
+            schema_differs.push(format!("{m}: {got}"));
+        }
+    }
     let history = understudy::status::client::get_json(&cl.member(&active).status, "/history")
         .await
         .unwrap();
@@ -454,6 +525,7 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         .fold((0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
     eprintln!("longest time without a commit: {gap:.2}s (ending at {gap_end:.2}s)");
     eprintln!("quarantine sizes: {quarantine_sizes:?}");
+    eprintln!("schema changes (number, exit code): {migrated:?}; final schema {want_schema}");
     eprintln!(
         "fence samples: {} state-row rounds, {} insert-probe rounds, overlaps: {}",
         fences.reads,
@@ -466,7 +538,10 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         wlog.two_routes.iter().take(10).collect::<Vec<_>>()
     );
 
-    let failed = !overlaps.is_empty() || !missing.is_empty() || !differ.is_empty();
+    let failed = !overlaps.is_empty()
+        || !missing.is_empty()
+        || !differ.is_empty()
+        || !schema_differs.is_empty();
     if failed {
         dump(&cl, 120);
     }
@@ -489,6 +564,14 @@ async fn chaos_of_kills_and_partitions_loses_no_committed_write() {
         "checksums differ from {active}'s: {differ:?}"
     );
     assert!(
+        schema_differs.is_empty(),
+        "schemas differ from {active}'s {want_schema}: {schema_differs:?}"
+    );
+    assert!(
+        migrated.is_empty() || want_schema["version"].as_u64() > Some(0),
+        "none of the schema changes {migrated:?} reached the final active"
+    );
+    assert!(
         wlog.committed.len() > 100,
         "the writer made progress: {} commits",
         wlog.committed.len()
@@ -502,22 +585,35 @@ fn the_schedule_is_a_function_of_the_seed() {
     assert_eq!(schedule(42, 300), schedule(42, 300));
     assert_ne!(schedule(42, 300), schedule(43, 300));
     let plan = schedule(42, 300);
+    let mut migrations = 0;
     // Never two members dead at once: every kill is followed by a restart
     // before the next kill.
-    let mut dead = false;
+    let mut dead = None;
     for (_, f) in &plan {
-        match f {
-            Fault::Kill(_) => {
-                assert!(!dead);
-                dead = true;
+        match *f {
+            Fault::Kill(i) => {
+                assert!(dead.is_none());
+                dead = Some(i);
             }
-            Fault::Restart(_) => {
-                assert!(dead);
-                dead = false;
+            Fault::Restart(i) => {
+                assert_eq!(dead, Some(i));
+                dead = None;
+            }
+            Fault::Migrate(_, via) => {
+                assert_ne!(
+                    dead,
+                    Some(via),
+                    "a schema change goes through a live member"
+                );
+                migrations += 1;
             }
             _ => {}
         }
     }
+    assert!(
+        migrations > 3,
+        "schema changes in the schedule: {migrations}"
+    );
     let gaps: Vec<Duration> = plan.windows(2).map(|w| w[1].0 - w[0].0).collect();
     assert!(
         gaps.iter()

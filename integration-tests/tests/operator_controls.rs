@@ -14,6 +14,10 @@ use understudy::localcluster::{ClusterOptions, LocalCluster, MemberSpec};
 use understudy::workload::{AppConn, AppOp, Workload};
 
 fn create(dir: &Path, members: &[&str]) -> LocalCluster {
+    create_with(dir, members, ClusterOptions::default())
+}
+
+fn create_with(dir: &Path, members: &[&str], options: ClusterOptions) -> LocalCluster {
     let specs: Vec<MemberSpec> = members
         .iter()
         .map(|m| MemberSpec {
@@ -21,8 +25,7 @@ fn create(dir: &Path, members: &[&str]) -> LocalCluster {
             database: Some(DatabaseUrl::Sqlite(dir.join(format!("{m}.db")))),
         })
         .collect();
-    let cl = LocalCluster::create(dir, &understudy_bin(), &specs, ClusterOptions::default())
-        .expect("cluster files");
+    let cl = LocalCluster::create(dir, &understudy_bin(), &specs, options).expect("cluster files");
     cl.init_all().expect("init");
     cl
 }
@@ -655,12 +658,11 @@ async fn a_schema_change_reaches_every_member_at_its_position() {
     );
 
     // A DDL that fails on the active: exit 1, SQLite's reason, no change.
-    let bad = dir.path().join("bad.sql");
-    std::fs::write(
-        &bad,
+    let bad = sql_file(
+        dir.path(),
+        "bad.sql",
         "ALTER TABLE jobs ADD COLUMN owner_note TEXT;\nALTER TABLE no_such_table ADD COLUMN x INTEGER;\n",
-    )
-    .unwrap();
+    );
     let out = migrate_via(&cl, "a", bad, 5).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -704,12 +706,11 @@ async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
     cl.start_all().unwrap();
     seed_and_converge(&cl).await;
     by_hand(&cl, "b", "ALTER TABLE jobs ADD COLUMN note TEXT;");
-    let ddl = dir.path().join("add_priority.sql");
-    std::fs::write(
-        &ddl,
+    let ddl = sql_file(
+        dir.path(),
+        "add_priority.sql",
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\n",
-    )
-    .unwrap();
+    );
     let out = migrate_via(&cl, "a", ddl, 5).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "b drifted: {stdout}");
@@ -777,6 +778,25 @@ async fn drift_made_by_hand_blocks_a_passive_until_it_is_repaired() {
     assert_eq!(got, want, "b differs from the active after the repair");
 }
 
+/// Wait for an active other than `old` and name it.
+async fn new_active_other_than(cl: &LocalCluster, old: &str) -> String {
+    cl.wait_until(Duration::from_secs(30), "a new active", || async {
+        actives(cl).await.iter().any(|m| m != old)
+    })
+    .await
+    .unwrap();
+    let new = actives(cl).await.into_iter().find(|m| m != old).unwrap();
+    cl.wait_active(&new, Duration::from_secs(30)).await.unwrap();
+    new
+}
+
+/// A file of SQL in `dir`.
+fn sql_file(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, sql).unwrap();
+    p
+}
+
 /// `understudy migrate --sql file` through member `via`'s endpoint,
 /// waiting at most `timeout_secs` for the members to confirm.
 async fn migrate_via(
@@ -833,12 +853,11 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
     let mut cl = create(dir.path(), &["a", "b", "c"]);
     cl.start_all().unwrap();
     seed_and_converge(&cl).await;
-    let v1 = dir.path().join("v1.sql");
-    std::fs::write(
-        &v1,
+    let v1 = sql_file(
+        dir.path(),
+        "v1.sql",
         "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 3;\n",
-    )
-    .unwrap();
+    );
     let out = migrate_via(&cl, "a", v1, 10).await;
     assert_eq!(
         out.status.code(),
@@ -847,21 +866,7 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
         String::from_utf8_lossy(&out.stderr)
     );
     cl.kill("a");
-    cl.wait_until(
-        Duration::from_secs(30),
-        "a new active among b and c",
-        || async { actives(&cl).await.iter().any(|m| m != "a") },
-    )
-    .await
-    .unwrap();
-    let now_active: Vec<String> = actives(&cl)
-        .await
-        .into_iter()
-        .filter(|m| m != "a")
-        .collect();
-    let new = now_active[0].clone();
-    assert_ne!(new, "a");
-    cl.wait_active(&new, Duration::from_secs(30)).await.unwrap();
+    let new = new_active_other_than(&cl, "a").await;
     let mut w = Workload::new(seed(65));
     write_workload(&url(&cl, &new), &mut w, 60, 5)
         .await
@@ -869,12 +874,11 @@ async fn schema_changes_survive_a_kill_and_a_switchover_right_after() {
     cl.start("a").unwrap();
     same_schema_and_rows(&cl, &new, 1).await;
 
-    let v2 = dir.path().join("v2.sql");
-    std::fs::write(
-        &v2,
+    let v2 = sql_file(
+        dir.path(),
+        "v2.sql",
         "CREATE INDEX jobs_priority ON jobs(priority);\nALTER TABLE projects ADD COLUMN owner TEXT;\n",
-    )
-    .unwrap();
+    );
     let out = migrate_via(&cl, &new, v2, 10).await;
     assert_eq!(
         out.status.code(),
@@ -941,12 +945,11 @@ async fn a_schema_change_while_a_passive_is_cut_off() {
     cl.start_all().unwrap();
     seed_and_converge(&cl).await;
     cl.freeze("b", true);
-    let f = dir.path().join("v1.sql");
-    std::fs::write(
-        &f,
+    let f = sql_file(
+        dir.path(),
+        "v1.sql",
         "ALTER TABLE projects ADD COLUMN region TEXT NOT NULL DEFAULT 'eu';",
-    )
-    .unwrap();
+    );
     let out = migrate_via(&cl, "a", f, 10).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
@@ -956,4 +959,94 @@ async fn a_schema_change_while_a_passive_is_cut_off() {
     write_workload(&url(&cl, "a"), &mut w, 40, 5).await.unwrap();
     cl.freeze("b", false);
     same_schema_and_rows(&cl, "a", 1).await;
+}
+
+/// A schema change the cluster never received: with both passives down
+/// (killed: a frozen member still finds the entry in its socket when it
+/// thaws), the active, its lease still running, runs one and writes rows
+/// under it, then dies. A passive is promoted and runs another change of the same
+/// version number. When the old active returns it rejoins: its tail, the
+/// schema change and the rows captured under it, goes to the quarantine
+/// (listed with the tables it was captured under), its tables are rebuilt
+/// as they were before it, and the snapshot brings the cluster's change.
+/// Every member ends at version 1 with the new active's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_the_cluster_never_received_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // A lease long enough for the active to run the change and write
+    // under it after the passives froze.
+    let options = ClusterOptions {
+        lease_ms: 6000,
+        failover_ms: 7000,
+        ..ClusterOptions::default()
+    };
+    let mut cl = create_with(dir.path(), &["a", "b", "c"], options);
+    cl.start_all().unwrap();
+    seed_and_converge(&cl).await;
+    let lost = sql_file(
+        dir.path(),
+        "lost.sql",
+        "ALTER TABLE projects ADD COLUMN region TEXT NOT NULL DEFAULT 'eu';\n",
+    );
+    cl.kill("b");
+    cl.kill("c");
+    let out = migrate_via(&cl, "a", lost, 1).await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the active ran it, no passive confirmed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    by_hand(
+        &cl,
+        "a",
+        "INSERT INTO projects (name, description, config, updated_at, region) \
+         VALUES ('lost-project', 'x', '{}', 1, 'us')",
+    );
+    cl.kill("a");
+    cl.start("b").unwrap();
+    cl.start("c").unwrap();
+    let new = new_active_other_than(&cl, "a").await;
+    let other = sql_file(
+        dir.path(),
+        "other.sql",
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER;\n",
+    );
+    let out = migrate_via(&cl, &new, other, 10).await;
+    assert_eq!(out.status.code(), Some(3), "a is down");
+    let mut w = Workload::new(seed(68));
+    write_workload(&url(&cl, &new), &mut w, 40, 5)
+        .await
+        .unwrap();
+
+    cl.start("a").unwrap();
+    same_schema_and_rows(&cl, &new, 1).await;
+    let st = cl.status(&new).await.unwrap();
+    for m in ["a", "b", "c"] {
+        let s = cl.status(m).await.unwrap();
+        assert_eq!(s["schema"], st["schema"], "{m}: {s}");
+    }
+    let out = std::process::Command::new(understudy_bin())
+        .args(["divergence", "list", "--json", "--config"])
+        .arg(&cl.member("a").config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows = list["changes"].as_array().expect("a list of changes");
+    assert!(
+        rows.iter().any(|r| r["op"] == "schema"),
+        "the schema change is quarantined: {text}"
+    );
+    assert!(
+        rows.iter().any(|r| r["table"] == "projects"
+            && r["key"] == "lost-project"
+            && r["row"]["region"] == "us"),
+        "the row written under it is listed, read with its tables: {text}"
+    );
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
-use understudy::model::{Change, ChangeOp, MemberId, Position, key_text};
+use understudy::model::{Change, ChangeOp, Epoch, MemberId, Position, Role, key_text};
 use understudy::store::conformance::{Backend, get, text};
 use understudy::store::postgres::{EXAMPLE_SQL, MIGRATIONS, PgStore, SCHEMA_VERSION};
 use understudy::store::{InitParams, MemberStore, StoreError};
@@ -2051,4 +2051,39 @@ async fn a_changed_table_needs_init_again() {
         ),
         other => panic!("expected an upsert, got {other:?}"),
     }
+}
+
+/// A divergent tail holding a schema change: a PostgreSQL member does not
+/// give it back by itself. The quarantine refuses, naming the version and
+/// the manual way, and changes nothing (log, tables and history stay).
+#[tokio::test]
+async fn a_tail_with_a_schema_change_is_refused_and_left_untouched() {
+    let (db, a) = fresh("tail_schema", "a").await;
+    db.psql_run("INSERT INTO projects(name, updated_at) VALUES ('p1', 1)")
+        .expect("write");
+    a.sequence().await.expect("sequence");
+    let keep = a.state().await.expect("state").position;
+    a.migrate(
+        "ALTER TABLE projects ADD COLUMN region TEXT",
+        "ALTER TABLE projects ADD COLUMN region text",
+    )
+    .await
+    .expect("migrate");
+    db.psql_run("INSERT INTO projects(name, updated_at, region) VALUES ('p2', 2, 'us')")
+        .expect("write under the new schema");
+    a.sequence().await.expect("sequence");
+    let head = a.state().await.expect("state").position;
+    a.set_role(Role::Fenced, Epoch(2), Some(&MemberId::new("b")))
+        .await
+        .expect("fence");
+    match a.quarantine_tail(keep, "rejoin").await {
+        Err(StoreError::Shape(why)) => {
+            assert!(why.contains("schema version 1 ran here"), "{why}");
+            assert!(why.contains("Schema changes"), "{why}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(a.state().await.expect("state").position, head);
+    assert_eq!(a.schema_version().await.expect("version"), 1);
+    assert_eq!(a.divergent_count().await.expect("count"), 0);
 }

@@ -311,6 +311,11 @@ async fn session(
                         });
                         node.live.applied(pos);
                         node.live.database(Ok(()));
+                        // The snapshot may have brought schema changes.
+                        match store.schema_version().await {
+                            Ok(v) => node.live.schema(v, store.catalog().fingerprint()),
+                            Err(e) => break Err(e.into()),
+                        }
                         if let Err(e) = writer.send(&ClientMsg::Ack { applied: pos }).await {
                             break Err(e.into());
                         }
@@ -406,6 +411,9 @@ async fn rejoin(
                 s.divergent_changes += n;
                 s.position = keep_upto;
             });
+            // The tail may have held schema changes, given back with it.
+            let version = store.schema_version().await?;
+            node.live.schema(version, store.catalog().fingerprint());
             node.needs_snapshot
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())

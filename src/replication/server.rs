@@ -147,29 +147,35 @@ async fn handle(
         version,
         history: &history,
     };
-    if let Some(theirs) = &hello.schema
-        && let Some(difference) = theirs.cannot_follow(here)
-    {
+    let differs = hello
+        .schema
+        .as_ref()
+        .and_then(|theirs| theirs.cannot_follow(here));
+    let mut snapshot = None;
+    let start = match hello.role {
+        Role::Witness => Start::Stream,
+        _ => check_start(&store, hello.position, hello.want_snapshot).await?,
+    };
+    // A diverged member rejoins first, whatever its tables: the schema
+    // change that makes them differ may be in the tail it gives back.
+    if let Start::Rejoin { keep_upto, reason } = start {
+        tracing::warn!(peer = %peer, %keep_upto, %reason, "asking a diverged member to rejoin");
+        writer
+            .send(&ServerMsg::Rejoin { keep_upto, reason })
+            .await?;
+        return Ok(());
+    }
+    if let Some(difference) = differs {
         tracing::warn!(peer = %peer, %difference, "refusing a member whose captured tables differ");
         writer
             .send(&ServerMsg::SchemaDiffers { difference })
             .await?;
         return Ok(());
     }
-    let mut snapshot = None;
-    if hello.role != Role::Witness {
-        match check_start(&store, hello.position, hello.want_snapshot).await? {
-            Start::Stream => {}
-            Start::Snapshot(reason) => snapshot = Some(reason),
-            Start::Refuse(reason) => return refuse(&mut writer, &peer, reason).await,
-            Start::Rejoin { keep_upto, reason } => {
-                tracing::warn!(peer = %peer, %keep_upto, %reason, "asking a diverged member to rejoin");
-                writer
-                    .send(&ServerMsg::Rejoin { keep_upto, reason })
-                    .await?;
-                return Ok(());
-            }
-        }
+    match start {
+        Start::Stream | Start::Rejoin { .. } => {}
+        Start::Snapshot(reason) => snapshot = Some(reason),
+        Start::Refuse(reason) => return refuse(&mut writer, &peer, reason).await,
     }
     let me = Hello {
         protocol: PROTOCOL_VERSION,

@@ -175,6 +175,10 @@ pub struct DivergentChange {
     pub reason: String,
     /// Marked as dealt with by an operator.
     pub resolved: bool,
+    /// The tables it was captured under, when they are in no version of
+    /// this member's history any more (quarantined together with a schema
+    /// change that was given back); `None`: the member's own.
+    pub tables: Option<Arc<Catalog>>,
 }
 
 /// A read of committed changes.

@@ -109,6 +109,14 @@ pub async fn schema_change_is_logged_and_applied_at_its_position<B: Backend>(b: 
     );
     assert_eq!(a.catalog().fingerprint(), sc.fingerprint);
     assert_eq!(count(b, &adb, "jobs").await, 3);
+    // A constraint the existing rows violate (two jobs have priority 5).
+    let unique = "CREATE UNIQUE INDEX jobs_priority_once ON jobs(priority)";
+    match a.migrate(unique, unique).await {
+        Err(StoreError::Ddl(why)) => assert!(why.to_lowercase().contains("unique"), "{why}"),
+        other => panic!("a violated constraint must be StoreError::Ddl, got {other:?}"),
+    }
+    assert_eq!(a.schema_version().await.expect("version"), 1);
+    assert_eq!(a.state().await.expect("state").position, head);
 }
 
 /// A passive whose tables were changed by hand refuses the schema change

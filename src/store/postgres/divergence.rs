@@ -116,6 +116,23 @@ impl PgStore {
                 held: Position::new(to_u64(e, "epoch")?, keep.seq),
             });
         }
+        let ran: Option<i64> = tx
+            .query_one(
+                &format!(
+                    "SELECT min(i[1]) FROM us_changelog WHERE seq > $1 AND op = {}",
+                    super::values::OP_SCHEMA
+                ),
+                &[&keep_seq],
+            )
+            .await
+            .map_err(|e| self.err(&e))?
+            .try_get(0)
+            .map_err(&g)?;
+        if let Some(v) = ran {
+            return Err(StoreError::Shape(format!(
+                "schema version {v} ran here but never reached the cluster (it is in the tail after {keep}), and PostgreSQL members do not give a schema change back by themselves: this member stays out of replication, its tables and log untouched; rebuild it by hand as the README's \"Schema changes\" section says (keep a copy, re-create its tables as the active has them, init, copy us_app_schema, resnapshot)"
+            )));
+        }
         let moved = tx
             .execute(
                 &format!(
@@ -190,6 +207,7 @@ impl PgStore {
                     quarantined_at_ms: r.try_get(10).map_err(&g)?,
                     reason: r.try_get(11).map_err(&g)?,
                     resolved: r.try_get(12).map_err(&g)?,
+                    tables: None,
                 })
             })
             .collect()

@@ -10,6 +10,7 @@
 //! a member with DDL applied but capture triggers of the old shape (the
 //! regeneration is in the same transaction).
 
+use super::rollback;
 use super::rows::Tables;
 use super::schema::sync_capture;
 use super::{err, i64_of, now_ms_sql, u64_of};
@@ -58,15 +59,24 @@ fn record(
     after: &Catalog,
     sc: &SchemaChange,
     pos: Position,
+    restore: &str,
 ) -> StoreResult<()> {
     let now = now_ms_sql();
     conn.execute(
-        &format!("INSERT OR IGNORE INTO us_app_schema VALUES (0, ?1, 0, 0, '', '', ?2, {now})"),
+        &format!(
+            "INSERT OR IGNORE INTO us_app_schema \
+             (version, fingerprint, epoch, seq, sqlite_sql, postgres_sql, catalog, at_ms) \
+             VALUES (0, ?1, 0, 0, '', '', ?2, {now})"
+        ),
         params![before.fingerprint(), catalog_json(before)?],
     )
     .map_err(err)?;
     conn.execute(
-        &format!("INSERT INTO us_app_schema VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {now})"),
+        &format!(
+            "INSERT INTO us_app_schema \
+             (version, fingerprint, epoch, seq, sqlite_sql, postgres_sql, catalog, at_ms, restore_sql) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, {now}, ?8)"
+        ),
         params![
             i64_of(sc.version, "schema version")?,
             sc.fingerprint,
@@ -74,7 +84,8 @@ fn record(
             i64_of(pos.seq, "seq")?,
             sc.sqlite,
             sc.postgres,
-            catalog_json(after)?
+            catalog_json(after)?,
+            restore
         ],
     )
     .map_err(err)?;
@@ -167,10 +178,11 @@ pub(super) fn apply_in_install(
             continue;
         }
         let prev = cat.clone().unwrap_or_else(|| before.clone());
+        let restore = rollback::definitions(conn, &prev)?;
         let next = run_as_passive(conn, url, spec, sc, have)?;
         // Entries below the snapshot are gone: no log entry decodes with
         // the older tables any more, so the change is recorded at seq 0.
-        record(conn, &prev, &next, sc, Position::ZERO)?;
+        record(conn, &prev, &next, sc, Position::ZERO, &restore)?;
         have = sc.version;
         cat = Some(next);
     }
@@ -234,6 +246,7 @@ pub(super) fn run_on_active(
         check_active(conn)?;
         conn.execute_batch("UPDATE us_state SET applying = 1 WHERE id = 1")
             .map_err(err)?;
+        let restore = rollback::definitions(conn, before)?;
         conn.execute_batch(sqlite)
             .map_err(|e| StoreError::Ddl(format!("SQLite refused the DDL: {e}")))?;
         let cat = sync_capture(conn, url, spec)?;
@@ -244,7 +257,7 @@ pub(super) fn run_on_active(
             fingerprint: cat.fingerprint().to_string(),
         };
         let pos = log_entry(conn, &sc, None)?;
-        record(conn, before, &cat, &sc, pos)?;
+        record(conn, before, &cat, &sc, pos, &restore)?;
         conn.execute_batch("UPDATE us_state SET applying = 0 WHERE id = 1; COMMIT")
             .map_err(err)?;
         Ok((sc, pos, cat))
@@ -312,11 +325,12 @@ pub(super) fn apply_on_passive(
     pos: Position,
 ) -> StoreResult<Catalog> {
     let have = current_version(conn)?;
+    let restore = rollback::definitions(conn, before)?;
     let cat = run_as_passive(conn, url, spec, sc, have).map_err(|e| match e {
         StoreError::Shape(why) => StoreError::Shape(format!("change {pos}: {why}")),
         other => other,
     })?;
     log_entry(conn, sc, Some(pos))?;
-    record(conn, before, &cat, sc, pos)?;
+    record(conn, before, &cat, sc, pos, &restore)?;
     Ok(cat)
 }

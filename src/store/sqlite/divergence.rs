@@ -16,8 +16,9 @@ use super::rows::{self, Tables, ident, log_width, table_sql};
 use super::{Writer, err, i64_of, logged_epoch, not_initialised_or, position};
 use crate::model::{Position, Role};
 use crate::store::{DivergentChange, EpochRecord, StoreError, StoreResult};
-use crate::tables::TableName;
+use crate::tables::{CaptureSpec, Catalog, TableName};
 use rusqlite::{Connection, params};
+use std::sync::Arc;
 
 /// The value columns `c0..` the change log and the quarantine share.
 fn value_columns(tables: &Tables) -> String {
@@ -55,13 +56,16 @@ fn rusq(url: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 }
 
 /// See [`crate::store::MemberStore::quarantine_tail`].
+/// Returns how many changes moved, and the tables after a schema change
+/// the tail held was given back (see [`super::rollback::give_back`]).
 pub(super) fn quarantine_tail(
     w: &mut Writer,
     tables: &Tables,
+    spec: &CaptureSpec,
     url: &str,
     keep: Position,
     reason: &str,
-) -> StoreResult<u64> {
+) -> StoreResult<(u64, Option<Catalog>)> {
     let keep_seq = i64_of(keep.seq, "seq")?;
     let keep_epoch = i64_of(keep.epoch, "epoch")?;
     in_write_tx(w, url, "quarantine_tail", |c| {
@@ -85,7 +89,7 @@ pub(super) fn quarantine_tail(
                     held: head,
                 });
             }
-            return Ok(0);
+            return Ok((0, None));
         }
         let (first, last, n): (Option<i64>, Option<i64>, i64) = c
             .query_row(
@@ -117,6 +121,11 @@ pub(super) fn quarantine_tail(
             });
         }
         let cols = value_columns(tables);
+        let first_id: i64 = c
+            .query_row("SELECT coalesce(max(id), 0) FROM us_quarantine", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
         let moved = c
             .execute(
                 &format!(
@@ -127,6 +136,7 @@ pub(super) fn quarantine_tail(
                 params![keep_seq, reason],
             )
             .map_err(err)?;
+        let given_back = super::rollback::give_back(c, url, spec, keep_seq, first_id)?;
         let deleted = c
             .execute("DELETE FROM us_changelog WHERE seq > ?1", [keep_seq])
             .map_err(err)?;
@@ -156,7 +166,7 @@ pub(super) fn quarantine_tail(
             [reason],
         )
         .map_err(err)?;
-        Ok(moved as u64)
+        Ok((moved as u64, given_back))
     })
 }
 
@@ -168,11 +178,22 @@ pub(super) fn list(
     url: &str,
     include_resolved: bool,
 ) -> StoreResult<Vec<DivergentChange>> {
-    // Its own columns first, then the change-log layout.
+    // Its own columns first, then the change-log layout with every value
+    // column it has (rows given back with a schema change may be wider
+    // than today's tables).
+    let width = super::schema::columns(c, "us_quarantine")
+        .map_err(rusq(url))?
+        .iter()
+        .filter(|n| n.starts_with('c') && n[1..].parse::<usize>().is_ok())
+        .count()
+        .max(log_width(&tables.catalog));
+    let cols: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
     let sql = format!(
-        "SELECT id, quarantined_at, reason, resolved, seq, epoch, tbl, op, {} \
-         FROM us_quarantine {} ORDER BY id",
-        value_columns(tables),
+        "SELECT id, quarantined_at, reason, resolved, \
+                (SELECT catalog FROM us_quarantine_catalog k WHERE k.id = q.catalog_id), \
+                seq, epoch, tbl, op, {} \
+         FROM us_quarantine q {} ORDER BY id",
+        cols.join(", "),
         if include_resolved {
             ""
         } else {
@@ -182,20 +203,34 @@ pub(super) fn list(
     let mut st = c.prepare(&sql).map_err(rusq(url))?;
     let mut it = st.query([]).map_err(err)?;
     let mut out = Vec::new();
+    let mut given_back: std::collections::HashMap<String, Tables> = Default::default();
+    let mut given_tables = None;
     while let Some(row) = it.next().map_err(err)? {
-        // Read with the tables the change was captured under (seq 0: a
-        // late write past the fence, captured with today's triggers).
         let seq = row
-            .get::<_, i64>(4)
+            .get::<_, i64>(5)
             .ok()
             .and_then(|s| u64::try_from(s).ok())
             .unwrap_or(0);
-        let at = if seq == 0 {
-            tables
-        } else {
-            crate::store::versions::tables_at(older, tables, seq)
+        // Read with the tables the change was captured under: those it was
+        // quarantined with when a schema change was given back with it;
+        // else by seq (0: a late write past the fence, captured with
+        // today's triggers).
+        let at = match row.get::<_, Option<String>>(4).map_err(err)? {
+            Some(json) => {
+                if !given_back.contains_key(&json) {
+                    let cat = crate::store::versions::catalog_from_json(0, &json)?;
+                    let t = Tables::new(Arc::new(cat), |_| true);
+                    given_back.insert(json.clone(), t);
+                }
+                let t = &given_back[&json];
+                given_tables = Some(Arc::clone(&t.catalog));
+                t
+            }
+            None if seq == 0 => tables,
+            None => crate::store::versions::tables_at(older, tables, seq),
         };
-        let change = rows::change_from_row(at, row, 4)?;
+        let captured_under = given_tables.take();
+        let change = rows::change_from_row(at, row, 5)?;
         let get = |i: usize, what: &str| {
             StoreError::Corrupt(format!("us_quarantine {what} of a row: {i}"))
         };
@@ -205,6 +240,7 @@ pub(super) fn list(
             quarantined_at_ms: row.get(1).map_err(|_| get(1, "quarantined_at"))?,
             reason: row.get(2).map_err(|_| get(2, "reason"))?,
             resolved: row.get::<_, i64>(3).map_err(|_| get(3, "resolved"))? != 0,
+            tables: captured_under,
         });
     }
     Ok(out)

@@ -18,6 +18,7 @@ mod checkpoint;
 mod ddl;
 mod divergence;
 mod legacy;
+mod rollback;
 mod rows;
 mod schema;
 mod snapshot;
@@ -1119,9 +1120,30 @@ impl MemberStore for SqliteStore {
     }
 
     async fn quarantine_tail(&self, keep_upto: Position, reason: &str) -> StoreResult<u64> {
-        let (reason, tables) = (reason.to_string(), self.tables());
-        self.with_writer(move |w, url| {
-            divergence::quarantine_tail(w, &tables, url, keep_upto, &reason)
+        let reason = reason.to_string();
+        self.blocking(move |inner| {
+            let mut w = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("writer connection lock poisoned".into()))?;
+            let tables = inner.tables();
+            // No log read between the commit and the given-back tables.
+            let _reads = inner
+                .reader
+                .lock()
+                .map_err(|_| StoreError::Backend("reader connection lock poisoned".into()))?;
+            let (moved, given_back) = divergence::quarantine_tail(
+                &mut w,
+                &tables,
+                &inner.spec,
+                &inner.url,
+                keep_upto,
+                &reason,
+            )?;
+            if let Some(cat) = given_back {
+                inner.set_schema(&w.conn, tables_of(&w.conn, Arc::new(cat))?)?;
+            }
+            Ok(moved)
         })
         .await
     }

@@ -54,9 +54,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../schemas/sqlite/0005_app_schema.sql"),
         code: None,
     },
+    Migration {
+        version: 6,
+        name: "schema_rollback",
+        sql: include_str!("../../../schemas/sqlite/0006_schema_rollback.sql"),
+        code: None,
+    },
 ];
 
-pub(super) const LATEST: u32 = 5;
+pub(super) const LATEST: u32 = 6;
 
 /// The example schema, created by `init` when the config has no [capture].
 const EXAMPLE_SQL: &str = include_str!("../../../schemas/sqlite/example.sql");
